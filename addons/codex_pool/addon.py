@@ -1,0 +1,381 @@
+"""The mitmproxy addon: translates flows to and from the pure core, and nothing more.
+
+Every hook guards itself: a failure while routing answers the client locally with 503 (the
+request never goes upstream with the client's own credentials); a failure anywhere else is
+logged (redacted) and the flow goes on untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from . import conversation, local_endpoints, quota
+from .accounts import AccountRegistry
+from .config import Config, ConfigError, default_config, load_config
+from .local_answer import error_body
+from .pool_folder import PoolFolder, PoolScan
+from .redact import is_client_credential, redact
+from .router import NoRoute, Route, Router
+from .sse import SSETap
+from .turn import TurnObserver
+
+log = logging.getLogger("codex_pool")
+
+META = "codex_pool"  # flow.metadata key; holds JSON-friendly values only (flows may be saved)
+DEFAULT_CONFIG = "mitm.yaml"
+
+
+class CodexPool:
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.registry = AccountRegistry()
+        self.router = Router(self.registry, "usage_balanced", 7200.0)
+        self.folder: PoolFolder | None = None
+        self.secret = b""
+        self._config_mtime: int | None = None
+        self._scan_lock: asyncio.Lock | None = None
+        self._task: asyncio.Task | None = None
+        self._ws_turns: dict[str, TurnObserver] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "pool_config",
+            str,
+            DEFAULT_CONFIG,
+            "Path of the codex-pool settings file (mitm.yaml); relative paths inside it resolve against its folder.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "pool_config" not in updated:
+            return
+        try:
+            config = self._read_config(Path(ctx.options.pool_config))
+        except ConfigError as e:
+            raise exceptions.OptionsError(f"pool_config: {e}") from None
+        self._apply_config(config)
+        self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
+
+    def running(self) -> None:
+        self._scan_lock = asyncio.Lock()
+        self._task = asyncio.create_task(self._watch())
+
+    def done(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _read_config(self, path: Path) -> Config:
+        if not path.exists() and str(path) == DEFAULT_CONFIG:
+            log.info("codex-pool: no %s here; using built-in defaults (pool_dir=pool, data_dir=data)", path)
+            self._config_mtime = None
+            return default_config(Path.cwd())
+        config = load_config(path)
+        self._config_mtime = _mtime(path)
+        return config
+
+    def _apply_config(self, config: Config) -> None:
+        previous = self.config
+        self.config = config
+        self.router.reconfigure(config.policy, config.sticky_ttl_seconds)
+        if previous is None or previous.pool_dir != config.pool_dir or self.folder is None:
+            self.folder = PoolFolder(config.pool_dir)
+        if previous is None or previous.data_dir != config.data_dir:
+            self.secret = _load_secret(config.data_dir)
+
+    async def _watch(self) -> None:
+        """Background loop: pool folder changes, mitm.yaml edits, sticky-map pruning."""
+        while True:
+            config = self.config
+            await asyncio.sleep(config.pool_scan_seconds if config else 2.0)
+            try:
+                await self._reload_config_if_changed()
+                await self.rescan()
+                self.router.sticky.prune(time.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # never let the watcher die
+                log.error("codex-pool: background check failed: %s", _describe(e))
+
+    async def _reload_config_if_changed(self) -> None:
+        config = self.config
+        if config is None or config.source is None:
+            return
+        mtime = await asyncio.to_thread(_mtime, config.source)
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        try:
+            new = await asyncio.to_thread(load_config, config.source)
+        except ConfigError as e:
+            log.warning("codex-pool: %s — keeping the previous settings until the file is fixed", e)
+            return
+        if new != config:
+            self._apply_config(new)
+            log.info("codex-pool: reloaded %s", config.source)
+
+    async def rescan(self) -> PoolScan:
+        """Re-read the pool folder (changed files only) in a worker thread."""
+        assert self._scan_lock is not None
+        async with self._scan_lock:
+            folder = self.folder
+            if folder is None:
+                return PoolScan()
+            scan = await asyncio.to_thread(folder.scan)
+            if folder is self.folder:
+                self._report(scan, initial=False)
+            return scan
+
+    def _report(self, scan: PoolScan, initial: bool) -> None:
+        self.registry.apply_scan(scan)
+        if scan.folder_error and scan.changed:
+            log.warning("codex-pool: %s", scan.folder_error)
+        for problem in scan.new_problems:
+            log.warning("codex-pool: skipping pool file %s: %s", problem.path, problem.reason)
+        for shadowed, served in scan.new_duplicates:
+            log.warning(
+                "codex-pool: %s.json and %s.json hold the same account; serving %s.json, listing %s.json as a duplicate",
+                shadowed, served, served, shadowed,
+            )
+        verb = "loaded" if initial else "now"
+        if initial or scan.added or scan.removed or scan.updated:
+            for name in scan.added if not initial else []:
+                log.info("codex-pool: pool file %s.json added", name)
+            for name in scan.updated:
+                log.info("codex-pool: pool file %s.json changed", name)
+            for name in scan.removed:
+                log.info("codex-pool: pool file %s.json removed", name)
+            now = time.time()
+            log.info(
+                "codex-pool: %s %d account(s) (%d usable) from %s%s",
+                verb,
+                len(self.registry.accounts),
+                len(self.registry.usable_names(now)),
+                self.folder.path if self.folder else "?",
+                f"; {len(self.registry.problems)} file(s) skipped" if self.registry.problems else "",
+            )
+
+    # ---- request path ----------------------------------------------------------------------
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None:
+            return
+        try:
+            if local_endpoints.is_local(flow.request.path):
+                await local_endpoints.answer(self, flow)
+                return
+            self._route(flow)
+        except Exception as e:
+            self._fail_closed(flow, e)
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        now = time.time()
+        key = conversation.conversation_key(flow.request.headers, lambda: flow.request.get_content(strict=False))
+        hashed = conversation.hash_key(self.secret, key) if key else None
+        route = self.router.route(hashed, now)
+        if isinstance(route, NoRoute):
+            answer_local(flow, route.status, error_body(route.type, route.code, route.message))
+            log.warning("codex-pool: %s %s answered %d: %s", flow.request.method, flow.request.path, route.status, route.message)
+            return
+        self._set_credentials(flow, route)
+
+    def _set_credentials(self, flow: http.HTTPFlow, route: Route) -> None:
+        headers = flow.request.headers
+        for name in {n for n in headers.keys() if is_client_credential(n)}:
+            del headers[name]
+        headers["Authorization"] = f"Bearer {route.account.access_token}"
+        headers["ChatGPT-Account-ID"] = route.account.account_id
+        self.registry.rt(route.account.name).in_flight += 1
+        flow.metadata[META] = {
+            "account": route.account.name,
+            "reason": route.reason,
+            "conversation": route.conversation,
+            "in_flight": True,
+        }
+        conv = f" · conv {route.conversation[:8]}" if route.conversation else ""
+        flow.comment = f"account {route.account.name} ({route.reason}){conv}"
+
+    def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
+        """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""
+        log.error("codex-pool: internal error on %s %s, answered 503 locally: %s",
+                  flow.request.method, flow.request.path, _describe(e))
+        meta = flow.metadata.get(META)
+        if isinstance(meta, dict) and meta.get("in_flight"):
+            self._finish(flow)
+        answer_local(
+            flow,
+            503,
+            error_body(
+                "internal_error",
+                "proxy_internal_error",
+                f"codex-pool failed while handling this request ({type(e).__name__}); it was not forwarded. "
+                "See the proxy log; if it persists, report it with that log.",
+            ),
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if not isinstance(meta, dict) or flow.response is None:
+            return
+        try:
+            _redact_request(flow)
+            now = time.time()
+            limits = quota.from_headers(flow.response.headers, now)
+            if limits is not None:
+                self.registry.record_rate_limits(meta["account"], limits)
+            if flow.response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                flow.response.stream = SSETap(
+                    flow.response.headers.get("content-encoding"), TurnObserver(), clock=time.time
+                )
+        except Exception as e:
+            log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, _describe(e))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if not isinstance(meta, dict) or flow.response is None:
+            return
+        try:
+            meta["status"] = flow.response.status_code
+            tap = flow.response.stream if isinstance(flow.response.stream, SSETap) else None
+            if tap is not None:
+                self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
+            elif flow.response.timestamp_start and flow.request.timestamp_end:
+                meta["ttfb_ms"] = round((flow.response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+            if flow.websocket is None:
+                self._finish(flow)
+        except Exception as e:
+            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, _describe(e))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if not isinstance(meta, dict):
+            return
+        try:
+            _redact_request(flow)
+            meta["error"] = flow.error.msg if flow.error else "unknown"
+            tap = flow.response.stream if flow.response is not None and isinstance(flow.response.stream, SSETap) else None
+            if tap is not None:
+                self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
+            self._finish(flow)
+        except Exception as e:
+            log.error("codex-pool: error hook failed on %s: %s", flow.request.path, _describe(e))
+
+    def _absorb_turn(self, flow: http.HTTPFlow, meta: dict, observer: TurnObserver | None, first_byte_at: float | None) -> None:
+        """Fold what a tap saw of one turn into the flow's metadata and the account's quota."""
+        if observer is None:
+            return
+        summary = observer.summary()
+        meta["turn"] = summary
+        if first_byte_at is not None and flow.request.timestamp_end:
+            meta["ttfb_ms"] = round((first_byte_at - flow.request.timestamp_end) * 1000, 1)
+        now = time.time()
+        for event in observer.rate_limits[-1:]:
+            limits = quota.from_event(event, now)
+            if limits is not None:
+                self.registry.record_rate_limits(meta["account"], limits)
+        usage = summary.get("usage")
+        if usage:
+            flow.comment = f"{flow.comment} · {usage['total_tokens']} tokens"
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if isinstance(meta, dict) and meta.get("in_flight"):
+            meta["in_flight"] = False
+            rt = self.registry.runtime.get(meta["account"])
+            if rt is not None and rt.in_flight > 0:
+                rt.in_flight -= 1
+
+    # ---- WebSocket -------------------------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if not isinstance(meta, dict) or flow.websocket is None:
+            return
+        try:
+            message = flow.websocket.messages[-1]
+            if message.from_client:
+                if message.is_text and b'"response.create"' in message.content:
+                    self._ws_turns[flow.id] = TurnObserver()
+                return
+            observer = self._ws_turns.get(flow.id)
+            if observer is None or not message.is_text:
+                return
+            try:
+                event = json.loads(message.content)
+            except ValueError:
+                event = None
+            observer.observe(event)
+            if observer.terminal:
+                self._absorb_turn(flow, meta, observer, None)
+                meta["ws_turns"] = meta.get("ws_turns", 0) + 1
+                del self._ws_turns[flow.id]
+            elif isinstance(event, dict) and event.get("type") == "codex.rate_limits":
+                limits = quota.from_event(event, time.time())
+                if limits is not None:
+                    self.registry.record_rate_limits(meta["account"], limits)
+        except Exception as e:
+            log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, _describe(e))
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._ws_turns.pop(flow.id, None)
+        try:
+            self._finish(flow)
+        except Exception as e:
+            log.error("codex-pool: websocket_end failed: %s", _describe(e))
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json") -> None:
+    flow.response = http.Response.make(status, body, {"content-type": content_type, "cache-control": "no-store"})
+
+
+def _redact_request(flow: http.HTTPFlow) -> None:
+    """The request has been sent: keep the pool's token out of the stored flow."""
+    meta = flow.metadata.get(META)
+    if "Authorization" in flow.request.headers and isinstance(meta, dict):
+        flow.request.headers["Authorization"] = f"Bearer [redacted: pool account {meta.get('account')}]"
+
+
+def _describe(e: BaseException) -> str:
+    return redact("".join(traceback.format_exception(e)).rstrip())
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _load_secret(data_dir: Path) -> bytes:
+    """The key for hashing conversation ids, kept in data_dir so hashes are stable across restarts."""
+    path = data_dir / "conversation-hash.key"
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except OSError:
+        pass
+    key = secrets.token_bytes(32)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+    except OSError as e:
+        log.warning("codex-pool: cannot write %s (%s); conversation hashes will change on restart", path, e)
+    return key
+

@@ -1,0 +1,153 @@
+"""The addon's own settings: `mitm.yaml`, parsed and validated.
+
+Every key has a default; unknown keys, wrong types and bad values raise `ConfigError` naming the
+key and what is allowed. Relative paths resolve against the folder of the file they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+POLICIES = ("usage_balanced", "round_robin", "fill_first")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Config:
+    pool_dir: Path
+    data_dir: Path
+    policy: str = "usage_balanced"
+    sticky_ttl_minutes: float = 120.0
+    token_url: str = "https://auth.openai.com/oauth/token"
+    listen: str = "127.0.0.1:8989"
+    upstream: str = "https://chatgpt.com"
+    pool_scan_seconds: float = 2.0
+    admin_token: str | None = dataclasses.field(default=None, repr=False)
+    source: Path | None = None  # the file this came from, None for built-in defaults
+
+    @property
+    def sticky_ttl_seconds(self) -> float:
+        return self.sticky_ttl_minutes * 60.0
+
+    @property
+    def confdir(self) -> Path:
+        """mitmproxy's own confdir (CA, config.yaml) kept apart from ~/.mitmproxy."""
+        return self.data_dir / "mitmproxy"
+
+
+# key -> (default, validator). Paths are resolved separately.
+_DEFAULT_POOL_DIR = "pool"
+_DEFAULT_DATA_DIR = "data"
+
+
+def _number(key: str, value: Any, *, minimum: float, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed {minimum:g} to {maximum:g}")
+    return float(value)
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _url(key: str, value: Any) -> str:
+    text = _string(key, value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key}: {text!r} is not an http(s) URL; e.g. https://auth.openai.com/oauth/token")
+    return text
+
+
+def _host_port(key: str, value: Any) -> str:
+    text = _string(key, value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {text!r} is not HOST:PORT; e.g. 127.0.0.1:8989")
+    return text
+
+
+def _policy(key: str, value: Any) -> str:
+    if value not in POLICIES:
+        raise ConfigError(f"{key}: {value!r} is not a policy; allowed: {', '.join(POLICIES)}")
+    return value
+
+
+def _optional_secret(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(key, value)
+    if len(text) < 16:
+        raise ConfigError(f"{key}: too short; use at least 16 random characters (or null to allow loopback clients only)")
+    return text
+
+
+_VALIDATORS = {
+    "pool_dir": _string,
+    "data_dir": _string,
+    "policy": _policy,
+    "sticky_ttl_minutes": lambda k, v: _number(k, v, minimum=1, maximum=60 * 24 * 30),
+    "token_url": _url,
+    "listen": _host_port,
+    "upstream": _url,
+    "pool_scan_seconds": lambda k, v: _number(k, v, minimum=0.2, maximum=5),
+    "admin_token": _optional_secret,
+}
+
+
+def parse_config(raw: Any, base_dir: Path, source: Path | None = None) -> Config:
+    """Validate a parsed YAML document (None or a mapping) into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the file must be a mapping of key: value, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in _VALIDATORS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(_VALIDATORS))}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _VALIDATORS[key](key, value)
+    values["pool_dir"] = (base_dir / values.get("pool_dir", _DEFAULT_POOL_DIR)).resolve()
+    values["data_dir"] = (base_dir / values.get("data_dir", _DEFAULT_DATA_DIR)).resolve()
+    return Config(**values, source=source)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a mitm.yaml. Raises ConfigError naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; create it (see the shipped mitm.yaml) or point pool_config at it")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e.__class__.__name__}: {e})")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}")
+    try:
+        return parse_config(raw, path.parent.resolve(), source=path.resolve())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def default_config(base_dir: Path) -> Config:
+    """Built-in defaults, with paths relative to base_dir (used when no mitm.yaml exists)."""
+    return parse_config({}, base_dir.resolve())

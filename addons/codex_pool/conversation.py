@@ -1,0 +1,64 @@
+"""The conversation a request belongs to, and the short keyed hash we keep instead of the raw id.
+
+Headers first (Codex sends `session-id` and `thread-id`; older clients `session_id` /
+`conversation_id`), then the JSON body's `prompt_cache_key`. The body is searched, not parsed,
+unless the key appears more than once: bodies carry the whole history and can be megabytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+
+HEADER_KEYS = ("session-id", "session_id", "thread-id", "conversation_id", "conversation-id")
+
+# Only matches a real key: inside a JSON string a quote is always escaped (\"), so an
+# unescaped `"prompt_cache_key"` followed by a colon is a key of some object in the body.
+_PROMPT_CACHE_KEY = re.compile(rb'"prompt_cache_key"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
+MAX_KEY_LENGTH = 512
+
+
+def from_headers(headers: Mapping[str, str]) -> str | None:
+    for name in HEADER_KEYS:
+        value = headers.get(name)
+        if value and value.strip():
+            return value.strip()[:MAX_KEY_LENGTH]
+    return None
+
+
+def from_body(body: bytes) -> str | None:
+    """`prompt_cache_key` of a JSON request body (top level), or None."""
+    if b"prompt_cache_key" not in body:
+        return None
+    matches = _PROMPT_CACHE_KEY.findall(body)
+    if len(matches) == 1:
+        try:
+            value = json.loads(b'"' + matches[0] + b'"')
+        except ValueError:
+            return None
+        return value.strip() or None if isinstance(value, str) else None
+    if not matches:
+        return None
+    try:  # ambiguous: several objects carry the key; only the top-level one counts
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    value = doc.get("prompt_cache_key") if isinstance(doc, dict) else None
+    return value.strip()[:MAX_KEY_LENGTH] or None if isinstance(value, str) else None
+
+
+def conversation_key(headers: Mapping[str, str], body: Callable[[], bytes | None]) -> str | None:
+    """Headers first; `body()` is only called (and the body only decoded) when they have no key."""
+    key = from_headers(headers)
+    if key is not None:
+        return key
+    data = body()
+    return from_body(data) if data else None
+
+
+def hash_key(secret: bytes, key: str) -> str:
+    """A short keyed hash of a conversation key: stable for one data dir, not reversible."""
+    return hmac.new(secret, key.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]

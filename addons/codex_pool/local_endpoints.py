@@ -1,0 +1,107 @@
+"""Endpoints the proxy answers itself on its listener; they are never forwarded upstream.
+
+- `GET /healthz`: 200 with counts while at least one account is usable, else 503 with the reason.
+- `GET /admin/accounts`: every pool file with its state; never a token.
+- `POST /admin/reload`: re-read the pool folder now.
+
+Admin endpoints answer loopback clients only, unless `admin_token` is set in mitm.yaml; then
+they require `Authorization: Bearer <admin_token>` from everyone.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from .local_answer import error_body, json_body
+
+if TYPE_CHECKING:
+    from .addon import CodexPool
+
+HEALTH = "/healthz"
+ADMIN_PREFIX = "/admin/"
+
+
+def is_local(path: str) -> bool:
+    bare = path.split("?", 1)[0]
+    return bare == HEALTH or bare.startswith(ADMIN_PREFIX) or bare == "/admin"
+
+
+def _reply(flow: http.HTTPFlow, status: int, body: bytes) -> None:
+    flow.response = http.Response.make(status, body, {"content-type": "application/json", "cache-control": "no-store"})
+
+
+def _is_loopback(flow: http.HTTPFlow) -> bool:
+    try:
+        ip = ipaddress.ip_address(flow.client_conn.peername[0])
+    except (TypeError, ValueError, IndexError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def admin_allowed(flow: http.HTTPFlow, admin_token: str | None) -> str | None:
+    """None when allowed, else the reason to refuse."""
+    if admin_token:
+        given = flow.request.headers.get("authorization", "")
+        expected = f"Bearer {admin_token}"
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        return "admin endpoints need 'Authorization: Bearer <admin_token>' (admin_token in mitm.yaml)"
+    if _is_loopback(flow):
+        return None
+    return "admin endpoints answer loopback clients only; set admin_token in mitm.yaml to allow others"
+
+
+async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
+    path = flow.request.path.split("?", 1)[0]
+    method = flow.request.method.upper()
+    now = time.time()
+    registry = addon.registry
+    if path == HEALTH:
+        if method not in ("GET", "HEAD"):
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use GET /healthz"))
+        usable = registry.usable_names(now)
+        counts = {
+            "accounts": len(registry.accounts),
+            "usable": len(usable),
+            "invalid_files": len(registry.problems),
+            "duplicates": len(registry.duplicates),
+            "sticky_conversations": len(addon.router.sticky),
+        }
+        if usable:
+            return _reply(flow, 200, json_body({"status": "ok", **counts}))
+        return _reply(flow, 503, json_body({"status": "unavailable", "reason": registry.why_none_usable(now), **counts}))
+
+    refused = admin_allowed(flow, addon.config.admin_token if addon.config else None)
+    if refused:
+        return _reply(flow, 403, error_body("forbidden", "admin_forbidden", refused))
+    if path == "/admin/accounts":
+        if method != "GET":
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use GET /admin/accounts"))
+        rows = registry.describe(now, addon.router.sticky.counts(now))
+        return _reply(flow, 200, json_body({"policy": addon.router.policy, "pinned": addon.router.pinned, "accounts": rows}))
+    if path == "/admin/reload":
+        if method != "POST":
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use POST /admin/reload"))
+        scan = await addon.rescan()
+        return _reply(
+            flow,
+            200,
+            json_body(
+                {
+                    "accounts": len(registry.accounts),
+                    "usable": len(registry.usable_names(time.time())),
+                    "added": scan.added,
+                    "updated": scan.updated,
+                    "removed": scan.removed,
+                    "invalid": {p.path.name: p.reason for p in registry.problems.values()},
+                }
+            ),
+        )
+    return _reply(flow, 404, error_body("not_found", "not_found", f"no local endpoint {method} {path}; see README"))

@@ -1,0 +1,26 @@
+"""Scrubbing secrets out of text before it is logged or shown."""
+
+from __future__ import annotations
+
+import re
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",]+")
+_REFRESH = re.compile(r"\brt_[A-Za-z0-9_.-]{8,}")
+_KEYED = re.compile(r"(?i)((?:access|refresh|id)_?token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
+
+
+def redact(text: str) -> str:
+    """Replace anything that looks like a token with a marker."""
+    text = _JWT.sub("[redacted-jwt]", text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    text = _REFRESH.sub("[redacted-refresh-token]", text)
+    return _KEYED.sub(r"\1[redacted]", text)
+
+
+CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "cookie", "proxy-authorization"})
+
+
+def is_client_credential(header_name: str) -> bool:
+    """Headers a client may use to carry its own identity; none of them may reach upstream."""
+    return header_name.strip().lower().replace("_", "-") in CLIENT_CREDENTIAL_HEADERS

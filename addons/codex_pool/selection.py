@@ -1,0 +1,66 @@
+"""Which account serves a request: a pure function of the usable accounts and what we know.
+
+Order of precedence: a pinned account (while usable), then the conversation's sticky account
+(while usable), then the policy for new conversations and requests without a key:
+- `usage_balanced`: the most quota headroom (from rate-limit data), in 10-point bands so that
+  near-equal accounts are taken in least-recently-used order; LRU alone while nothing is known.
+- `round_robin`: the next account by name after the one the policy chose last.
+- `fill_first`: the first account by name, until it stops being usable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+UNKNOWN_HEADROOM = 50.0  # an account with no rate-limit data yet counts as half used
+HEADROOM_BAND = 10.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A usable account as selection sees it."""
+
+    name: str
+    last_used: float = 0.0  # unix seconds; 0 = never
+    headroom: float | None = None  # percent left in the tightest known window
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    reason: str  # "pinned" | "sticky" | the policy name
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    *,
+    policy: str,
+    sticky: str | None = None,
+    pinned: str | None = None,
+    last_policy_choice: str | None = None,
+) -> Choice | None:
+    """Pick an account among `candidates` (usable accounts only); None when there are none."""
+    if not candidates:
+        return None
+    names = {c.name for c in candidates}
+    if pinned is not None and pinned in names:
+        return Choice(pinned, "pinned")
+    if sticky is not None and sticky in names:
+        return Choice(sticky, "sticky")
+    ordered = sorted(candidates, key=lambda c: c.name)
+    if policy == "round_robin":
+        after = [c for c in ordered if last_policy_choice is None or c.name > last_policy_choice]
+        return Choice((after or ordered)[0].name, policy)
+    if policy == "fill_first":
+        return Choice(ordered[0].name, policy)
+    if policy == "usage_balanced":
+        return Choice(min(ordered, key=_balanced_key).name, policy)
+    raise ValueError(f"unknown policy {policy!r}")
+
+
+def _balanced_key(c: Candidate) -> tuple[float, float, str]:
+    headroom = UNKNOWN_HEADROOM if c.headroom is None else c.headroom
+    band = math.floor(min(max(headroom, 0.0), 100.0) / HEADROOM_BAND)
+    return (-band, c.last_used, c.name)
