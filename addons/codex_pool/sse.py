@@ -1,0 +1,365 @@
+"""Watching a streamed SSE answer without touching it.
+
+- :class:`ContentDecoder` undoes ``Content-Encoding`` incrementally (the stream tap sees the
+  bytes as sent upstream).
+- :class:`SSEParser` turns bytes into :class:`SSEEvent` following the WHATWG event-stream
+  rules, with bounded memory.
+- :class:`SSETap` is the callable for mitmproxy's ``flow.response.stream``: it returns every
+  chunk unchanged and feeds the parsed events to a :class:`~codex_pool.turn.TurnObserver`.
+
+Pure Python, no mitmproxy imports.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import brotli
+import zstandard
+
+from .turn import TurnObserver
+
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _Stage(Protocol):
+    def feed(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _ZlibStage:
+    """gzip (possibly multi-member), zlib-wrapped deflate or raw deflate."""
+
+    def __init__(self, wbits: int | None) -> None:
+        # wbits None: "deflate" — sniff zlib header vs raw deflate from the first 2 bytes.
+        self._wbits = wbits
+        self._head = b""
+        self._d = zlib.decompressobj(wbits) if wbits is not None else None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._d is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            b0, b1 = self._head[0], self._head[1]
+            is_zlib = (b0 & 0x0F) == 8 and (b0 << 8 | b1) % 31 == 0
+            self._wbits = 15 if is_zlib else -15
+            self._d = zlib.decompressobj(self._wbits)
+            data, self._head = self._head, b""
+        out = self._d.decompress(data)
+        # A gzip body may hold several members; start over on what follows the first.
+        while self._d.eof and self._d.unused_data and self._wbits == 47:
+            rest = self._d.unused_data
+            self._d = zlib.decompressobj(47)
+            out += self._d.decompress(rest)
+        return out
+
+    def flush(self) -> bytes:
+        if self._d is None:  # fewer than 2 bytes ever arrived: nothing to decode
+            return b""
+        return self._d.flush()
+
+
+class _BrotliStage:
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
+
+    def feed(self, data: bytes) -> bytes:
+        return self._d.process(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _ZstdStage:
+    def __init__(self) -> None:
+        self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+
+    def feed(self, data: bytes) -> bytes:
+        return self._d.decompress(data)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _stage(name: str) -> _Stage:
+    if name in ("gzip", "x-gzip"):
+        return _ZlibStage(47)
+    if name == "deflate":
+        return _ZlibStage(None)
+    if name == "br":
+        return _BrotliStage()
+    if name == "zstd":
+        return _ZstdStage()
+    raise ValueError(name)
+
+
+class ContentDecoder:
+    """Incremental ``Content-Encoding`` decoder that never raises.
+
+    Supports identity (also None or ""), gzip, x-gzip, deflate (zlib-wrapped or raw), br,
+    zstd, and comma lists such as ``"gzip, br"`` (undone in reverse order). An unknown
+    encoding or corrupt input sets :attr:`error` and from then on every call returns b"".
+    """
+
+    def __init__(self, encoding: str | None) -> None:
+        self.encoding = encoding
+        self.error: str | None = None
+        self._stages: list[_Stage] = []
+        names = [n.strip().lower() for n in (encoding or "").split(",")]
+        for name in reversed([n for n in names if n and n != "identity"]):
+            try:
+                self._stages.append(_stage(name))
+            except ValueError:
+                self.error = f"unsupported content-encoding: {name[:40]}"
+                self._stages = []
+                return
+
+    def feed(self, data: bytes) -> bytes:
+        """Decode the next piece of the body."""
+        if self.error is not None:
+            return b""
+        if not self._stages:
+            return data
+        try:
+            for stage in self._stages:
+                data = stage.feed(data)
+            return data
+        except Exception as e:
+            self.error = f"decode failed: {type(e).__name__}: {str(e)[:80]}"
+            return b""
+
+    def flush(self) -> bytes:
+        """Decode whatever the decoders still hold at the end of the body."""
+        if self.error is not None or not self._stages:
+            return b""
+        try:
+            out = b""
+            for stage in self._stages:
+                out = stage.feed(out) if out else b""
+                out += stage.flush()
+            return out
+        except Exception as e:
+            self.error = f"decode failed: {type(e).__name__}: {str(e)[:80]}"
+            return b""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched server-sent event; ``id`` is the last event id seen (WHATWG)."""
+
+    event: str | None
+    data: str
+    id: str | None
+
+
+class SSEParser:
+    """Incremental WHATWG ``text/event-stream`` parser over bytes.
+
+    Lines end in LF, CRLF or CR (also when the CR and LF arrive in different chunks). Lines
+    are decoded as UTF-8 only once complete, so split characters are fine; invalid bytes
+    become U+FFFD. An event bigger than ``max_event_bytes`` is dropped (``overflows``) and
+    the rest of it skipped up to the next blank line. At :meth:`close` an unterminated
+    trailing event is dropped and counted in ``truncated``.
+    """
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.overflows = 0
+        self.truncated = 0
+        self._pending = bytearray()  # the current, not yet terminated line
+        self._cr_end = False  # the last chunk ended in CR: drop one leading LF
+        self._skipping = False  # inside an oversize event, waiting for a blank line
+        self._first_line = True
+        self._event: str | None = None
+        self._data: list[bytes] = []  # raw data-line values, decoded at dispatch
+        self._id: str | None = None
+        self._event_bytes = 0
+        self._has_fields = False
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Parse the next chunk; returns the events it completed."""
+        if self._cr_end and data:
+            self._cr_end = False
+            if data[0] == 0x0A:
+                data = data[1:]
+        if not data:
+            return []
+        if b"\r" in data:
+            parts = _LINE_END.split(data)
+            self._cr_end = data[-1] == 0x0D
+        else:
+            parts = data.split(b"\n")
+        out: list[SSEEvent] = []
+        if len(parts) > 1:
+            first = parts[0]
+            if self._pending:
+                self._pending += first
+                first = bytes(self._pending)
+                self._pending = bytearray()
+            self._line(first, out)
+            line = self._line
+            for raw in parts[1:-1]:
+                line(raw, out)
+        self._pending += parts[-1]
+        if self._pending:
+            if self._skipping:
+                del self._pending[1:]  # only "is the line empty" matters while skipping
+            elif self._event_bytes + len(self._pending) > self.max_event_bytes:
+                self._overflow()
+                self._pending = bytearray(b"x")
+        return out
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream. Events are dispatched at their blank line, so an event still
+        pending here is unterminated: it is dropped and counted in ``truncated``."""
+        pending_line = bytes(self._pending)
+        if not self._skipping and (
+            self._has_fields or (pending_line and not pending_line.startswith(b":"))
+        ):
+            self.truncated += 1
+        self._pending = bytearray()
+        self._cr_end = False
+        self._skipping = False
+        self._reset_event()
+        return []
+
+    def _reset_event(self) -> None:
+        self._event = None
+        self._data = []
+        self._event_bytes = 0
+        self._has_fields = False
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+        self._reset_event()
+        self._skipping = True
+
+    def _line(self, raw: bytes, out: list[SSEEvent]) -> None:
+        """Process one complete line (without its terminator).
+
+        Works on bytes: field names are ASCII and UTF-8 never hides ':' or a line end inside
+        a multi-byte character, so values are decoded only when used.
+        """
+        if not raw:
+            self._first_line = False
+            if self._skipping:
+                self._skipping = False
+            elif self._data:
+                data = self._data
+                text = data[0] if len(data) == 1 else b"\n".join(data)
+                out.append(SSEEvent(self._event, text.decode("utf-8", "replace"), self._id))
+            self._reset_event()
+            return
+        if self._skipping:
+            return
+        self._event_bytes += len(raw)
+        if self._event_bytes > self.max_event_bytes:
+            self._overflow()
+            return
+        if self._first_line:
+            self._first_line = False
+            if raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+                if not raw:
+                    return
+        if raw[0] == 0x3A:  # ":" comment
+            return
+        field, colon, value = raw.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            self._data.append(value)
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace") or None
+        elif field == b"id":
+            if b"\0" not in value:
+                self._id = value.decode("utf-8", "replace") or None
+        else:
+            return  # "retry" and unknown fields are ignored
+        self._has_fields = True
+
+
+class SSETap:
+    """The callable for ``flow.response.stream``: passes every chunk through unchanged and
+    parses a copy into events for a :class:`TurnObserver`.
+
+    It never raises: a failure is recorded in :attr:`error` and parsing stops, while bytes
+    keep flowing. The final ``b""`` call marks the end of the stream.
+    """
+
+    def __init__(
+        self,
+        content_encoding: str | None,
+        observer: TurnObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
+        self.decoder = ContentDecoder(content_encoding)
+        self.parser = SSEParser(max_event_bytes)
+        self.observer = observer
+        self.clock = clock
+        self.first_byte_at: float | None = None
+        self.bytes_seen = 0
+        self.ended = False
+        self.events = 0
+        self.error: str | None = None
+
+    def __call__(self, chunk: bytes) -> bytes:
+        try:
+            if chunk:
+                self.bytes_seen += len(chunk)
+                if self.first_byte_at is None:
+                    self.first_byte_at = self.clock()
+                if self.error is None and not self.ended:
+                    decoded = self.decoder.feed(chunk)
+                    if decoded:
+                        self._dispatch(self.parser.feed(decoded))
+            elif not self.ended:
+                self.ended = True
+                if self.error is None:
+                    tail = self.decoder.flush()
+                    if tail:
+                        self._dispatch(self.parser.feed(tail))
+                    self._dispatch(self.parser.close())
+        except Exception as e:  # a raising stream callable would drop the chunk
+            self.error = f"{type(e).__name__}: {str(e)[:120]}"
+        return chunk
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        self.events += len(events)
+        observer = self.observer
+        if observer is None:
+            return
+        for ev in events:
+            observer.observe_json(ev.data, ev.event)
+
+    def summary(self) -> dict[str, Any]:
+        """Transport-level facts about the stream as a JSON-friendly dict."""
+        return {
+            "bytes_seen": self.bytes_seen,
+            "first_byte_at": self.first_byte_at,
+            "ended": self.ended,
+            "events": self.events,
+            "error": self.error,
+            "decode_error": self.decoder.error,
+            "truncated": self.parser.truncated,
+            "overflows": self.parser.overflows,
+        }
+
+
+def parse_json_events(
+    body: bytes, content_encoding: str | None, observer: TurnObserver | None
+) -> SSETap:
+    """Run a complete (buffered) SSE body through the same path as a stream; returns the
+    finished :class:`SSETap` for its counters."""
+    tap = SSETap(content_encoding, observer)
+    tap(body)
+    tap(b"")
+    return tap
