@@ -33,6 +33,7 @@ class AccountRegistry:
     shadowed: dict[str, Account] = field(default_factory=dict)
     folder_error: str | None = None
     runtime: dict[str, Runtime] = field(default_factory=dict)
+    pool_label: str = "pool/"  # how messages name the pool folder
 
     def apply_scan(self, scan: PoolScan) -> None:
         self.accounts = dict(scan.accounts)
@@ -78,8 +79,8 @@ class AccountRegistry:
         if not self.accounts:
             if self.problems:
                 names = ", ".join(f"{p.path.name}" for p in list(self.problems.values())[:5])
-                return f"pool/ has no usable account: every file is invalid ({names}); see the proxy log, fix or replace them"
-            return "pool/ has no usable account — drop a Codex auth.json there (or POST /admin/reload after adding one)"
+                return f"{self.pool_label} has no usable account: every file is invalid ({names}); see the proxy log, fix or replace them"
+            return f"{self.pool_label} has no usable account — drop a Codex auth.json there (or POST /admin/reload after adding one)"
         reasons = "; ".join(f"{n}: {self.unusable_reason(n, now)}" for n in sorted(self.accounts)[:5])
         return f"no pool account is usable now ({reasons})"
 

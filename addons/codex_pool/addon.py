@@ -91,6 +91,7 @@ class CodexPool:
         self.router.reconfigure(config.policy, config.sticky_ttl_seconds)
         if previous is None or previous.pool_dir != config.pool_dir or self.folder is None:
             self.folder = PoolFolder(config.pool_dir)
+            self.registry.pool_label = f"{config.pool_dir}/"
         if previous is None or previous.data_dir != config.data_dir:
             self.secret = _load_secret(config.data_dir)
 
@@ -311,17 +312,14 @@ class CodexPool:
             observer = self._ws_turns.get(flow.id)
             if observer is None or not message.is_text:
                 return
-            try:
-                event = json.loads(message.content)
-            except ValueError:
-                event = None
-            observer.observe(event)
+            seen_limits = len(observer.rate_limits)
+            observer.observe_json(message.content)
             if observer.terminal:
                 self._absorb_turn(flow, meta, observer, None)
                 meta["ws_turns"] = meta.get("ws_turns", 0) + 1
                 del self._ws_turns[flow.id]
-            elif isinstance(event, dict) and event.get("type") == "codex.rate_limits":
-                limits = quota.from_event(event, time.time())
+            elif len(observer.rate_limits) != seen_limits:
+                limits = quota.from_event(observer.rate_limits[-1], time.time())
                 if limits is not None:
                     self.registry.record_rate_limits(meta["account"], limits)
         except Exception as e:

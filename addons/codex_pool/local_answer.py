@@ -12,4 +12,4 @@ def error_body(type_: str, code: str, message: str, **extra: Any) -> bytes:
 
 
 def json_body(obj: Any) -> bytes:
-    return json.dumps(obj, indent=1, sort_keys=False).encode() + b"\n"
+    return json.dumps(obj, indent=1, ensure_ascii=False).encode() + b"\n"

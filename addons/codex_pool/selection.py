@@ -4,6 +4,9 @@ Order of precedence: a pinned account (while usable), then the conversation's st
 (while usable), then the policy for new conversations and requests without a key:
 - `usage_balanced`: the most quota headroom (from rate-limit data), in 10-point bands so that
   near-equal accounts are taken in least-recently-used order; LRU alone while nothing is known.
+  An account with no data yet counts as good as the best known one (and at least half full), so
+  it is tried, and its quota learned, instead of new conversations piling onto the first account
+  that reported.
 - `round_robin`: the next account by name after the one the policy chose last.
 - `fill_first`: the first account by name, until it stops being usable.
 """
@@ -14,8 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-UNKNOWN_HEADROOM = 50.0  # an account with no rate-limit data yet counts as half used
 HEADROOM_BAND = 10.0
+UNKNOWN_FLOOR = 50.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,13 @@ def choose(
     if policy == "fill_first":
         return Choice(ordered[0].name, policy)
     if policy == "usage_balanced":
-        return Choice(min(ordered, key=_balanced_key).name, policy)
+        known = [c.headroom for c in ordered if c.headroom is not None]
+        unknown_as = max(known + [UNKNOWN_FLOOR])
+        return Choice(min(ordered, key=lambda c: _balanced_key(c, unknown_as)).name, policy)
     raise ValueError(f"unknown policy {policy!r}")
 
 
-def _balanced_key(c: Candidate) -> tuple[float, float, str]:
-    headroom = UNKNOWN_HEADROOM if c.headroom is None else c.headroom
+def _balanced_key(c: Candidate, unknown_as: float) -> tuple[float, float, str]:
+    headroom = unknown_as if c.headroom is None else c.headroom
     band = math.floor(min(max(headroom, 0.0), 100.0) / HEADROOM_BAND)
     return (-band, c.last_used, c.name)

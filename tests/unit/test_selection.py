@@ -26,7 +26,10 @@ TABLE = [
     ("balanced most headroom", cands((A, 1.0, 20.0), (B, 50.0, 90.0), (C, 2.0, 40.0)), dict(policy="usage_balanced"), Choice(B, "usage_balanced")),
     ("balanced same band -> LRU", cands((A, 5.0, 91.0), (B, 1.0, 97.0)), dict(policy="usage_balanced"), Choice(B, "usage_balanced")),
     ("balanced unknown beats nearly spent", cands((A, 0.0, 5.0), (B, 9.0, None)), dict(policy="usage_balanced"), Choice(B, "usage_balanced")),
-    ("balanced fresh beats unknown", cands((A, 9.0, 95.0), (B, 0.0, None)), dict(policy="usage_balanced"), Choice(A, "usage_balanced")),
+    ("balanced unknown ranks with the best known (LRU)", cands((A, 9.0, 95.0), (B, 0.0, None)), dict(policy="usage_balanced"), Choice(B, "usage_balanced")),
+    ("balanced unknown ranks with the best known (LRU 2)", cands((A, 1.0, 95.0), (B, 9.0, None)), dict(policy="usage_balanced"), Choice(A, "usage_balanced")),
+    ("balanced spent loses to unknown and fresher", cands((A, 0.0, 3.0), (B, 9.0, None), (C, 5.0, 60.0)), dict(policy="usage_balanced"), Choice(C, "usage_balanced")),
+    ("balanced all unknown -> LRU", cands((A, 3.0), (B, 2.0), (C, 4.0)), dict(policy="usage_balanced"), Choice(B, "usage_balanced")),
 ]
 
 

@@ -1,0 +1,35 @@
+"""What a client's CODEX_HOME needs to talk to the proxy instead of holding a real login.
+
+The placeholder auth.json carries well-formed but meaningless tokens whose expiry lies far in the
+future, so Codex never tries to refresh them against the real auth server; the proxy replaces
+them with a pool account's credentials on every request.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+
+PLACEHOLDER_ACCOUNT_ID = "codex-pool-client"
+_FAR_FUTURE = 4102444800  # 2100-01-01
+_KEY = "codex-pool-placeholder-not-a-secret-0000"
+
+
+def placeholder_client_auth() -> dict[str, Any]:
+    now = int(time.time())
+    auth = {"chatgpt_account_id": PLACEHOLDER_ACCOUNT_ID, "chatgpt_plan_type": "pro", "chatgpt_user_id": "codex-pool-client"}
+    claims = {"iat": now, "exp": _FAR_FUTURE, "email": "client@codex-pool.invalid",
+              "https://api.openai.com/auth": auth, "https://api.openai.com/profile": {"email": "client@codex-pool.invalid"}}
+    return {
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": None,
+        "tokens": {
+            "id_token": jwt.encode(claims, _KEY, algorithm="HS256"),
+            "access_token": jwt.encode({**claims, "scp": ["placeholder"]}, _KEY, algorithm="HS256"),
+            "refresh_token": "codex-pool-placeholder-refresh-token",
+            "account_id": PLACEHOLDER_ACCOUNT_ID,
+        },
+        "last_refresh": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+    }

@@ -1,0 +1,23 @@
+import pytest
+
+from tests.support.procs import FakeBackend, Proxy
+
+
+@pytest.fixture
+def start(tmp_path):
+    """Factory fixture: start(names, config=...) → (backend, proxy); both stopped at the end."""
+    started = []
+
+    def _start(names=("alice", "bob"), config=None, extra=None, scripts=None, backend_extra=None):
+        pool = tmp_path / "pool"
+        pool.mkdir(exist_ok=True)
+        backend = FakeBackend(list(names), pool, extra=backend_extra)
+        started.append(backend)
+        cfg = config if config is not None else "pool_dir: pool\ndata_dir: data\npolicy: round_robin\n"
+        proxy = Proxy(backend.url, tmp_path, cfg, extra=extra, scripts=scripts)
+        started.append(proxy)
+        return backend, proxy
+
+    yield _start
+    for p in reversed(started):
+        p.stop()

@@ -1,0 +1,274 @@
+"""The pool proxy end to end: real mitmdump + addons/pool.py in front of the simulated backend."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import zstandard
+
+from tests.support.procs import BIN, ROOT, FakeBackend, Proxy
+
+pytestmark = pytest.mark.e2e
+
+CLIENT_TOKEN = "client-own-token-must-never-reach-upstream"
+
+
+def turn_body(key: str | None = "conv-1", text: str = "hello") -> dict:
+    body = {
+        "model": "gpt-5.1-codex",
+        "stream": True,
+        "store": False,
+        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}],
+    }
+    if key:
+        body["prompt_cache_key"] = key
+    return body
+
+
+def turn(proxy: Proxy, key: str | None, *, headers: dict | None = None, body: bytes | None = None) -> httpx.Response:
+    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "content-type": "application/json"}
+    if key:
+        h["session-id"] = key
+    h.update(headers or {})
+    data = body if body is not None else json.dumps(turn_body(key)).encode()
+    return proxy.http.post("/backend-api/codex/responses", content=data, headers=h)
+
+
+def served_by(backend: FakeBackend) -> list[str | None]:
+    return [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+
+
+def completed_event(text: str) -> dict:
+    for block in text.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data:") and '"response.completed"' in line:
+                return json.loads(line[5:])
+    raise AssertionError(f"no response.completed in {text[:500]!r}")
+
+
+def test_upstream_sees_pool_credentials_never_the_clients(start, tmp_path):
+    backend, proxy = start(["alice", "bob"])
+    r = turn(proxy, "conv-cred", headers={
+        "ChatGPT-Account-ID": "client-account",
+        "chatgpt_account_id": "client-account-underscore",
+        "CHATGPT-ACCOUNT-ID": "client-account-upper",
+        "Cookie": "session=client-cookie",
+        "x-custom-header": "kept",
+    })
+    assert r.status_code == 200, r.text
+    assert completed_event(r.text)["response"]["usage"]["total_tokens"] > 0
+    pool = {json.loads(p.read_text())["tokens"]["access_token"]: json.loads(p.read_text())["tokens"]["account_id"]
+            for p in (tmp_path / "pool").glob("*.json")}
+    [seen] = [r for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+    headers = [(k.lower(), v) for k, v in seen["headers"]]
+    auth = [v for k, v in headers if k == "authorization"]
+    account_ids = [v for k, v in headers if k.replace("_", "-") == "chatgpt-account-id"]
+    assert len(auth) == 1 and auth[0].startswith("Bearer ") and auth[0][7:] in pool
+    assert account_ids == [pool[auth[0][7:]]]
+    assert seen["account"] in ("alice", "bob")
+    flat = json.dumps(seen["headers"])
+    for secret in (CLIENT_TOKEN, "client-account", "client-cookie"):
+        assert secret not in flat
+    assert ("x-custom-header", "kept") in headers and ("session-id", "conv-cred") in headers
+
+
+def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(start):
+    backend, proxy = start(["alice", "bob", "carol"])
+    raw = json.dumps(turn_body("zstd-conv", "compressed " * 200)).encode()
+    packed = zstandard.ZstdCompressor().compress(raw)
+    for _ in range(3):
+        r = turn(proxy, None, headers={"content-encoding": "zstd"}, body=packed)
+        assert r.status_code == 200, r.text
+    seen = [r for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+    assert [s.get("prompt_cache_key") for s in seen] == ["zstd-conv"] * 3  # the backend could decode it
+    assert len({s["account"] for s in seen}) == 1  # body key kept the conversation on one account
+    assert all(s.get("body_sha256") in (None, __import__("hashlib").sha256(packed).hexdigest()) for s in seen)
+
+
+def test_stickiness_across_turns_and_spreading_of_new_conversations(start):
+    backend, proxy = start(["alice", "bob", "carol"])
+    for key in ["a", "a", "b", "a", "c", "b", "c"]:
+        assert turn(proxy, f"conv-{key}").status_code == 200
+    accounts = served_by(backend)
+    by_conv = {}
+    for key, acct in zip(["a", "a", "b", "a", "c", "b", "c"], accounts):
+        by_conv.setdefault(key, set()).add(acct)
+    assert all(len(v) == 1 for v in by_conv.values()), by_conv  # sticky
+    assert len({next(iter(v)) for v in by_conv.values()}) == 3  # three conversations, three accounts
+    # the backend's per-account prompt cache hits on every later turn of a conversation
+    state = backend.state()
+    assert state is not None
+
+
+def test_usage_balanced_spreads_new_conversations(start):
+    backend, proxy = start(["alice", "bob"], config="pool_dir: pool\ndata_dir: data\npolicy: usage_balanced\n")
+    for i in range(4):
+        assert turn(proxy, f"conv-{i}").status_code == 200
+    accounts = served_by(backend)
+    assert sorted(accounts) == ["alice", "alice", "bob", "bob"], accounts
+
+
+def test_sse_reaches_client_live_and_byte_identical(start):
+    backend, proxy = start(["alice"])
+    backend.control("POST", "config", {"stream_delay": 0.25, "deltas": 6})
+    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "session-id": "live",
+         "content-type": "application/json"}
+    arrivals: list[tuple[float, bytes]] = []
+    t0 = time.monotonic()
+    with proxy.http.stream("POST", "/backend-api/codex/responses", content=json.dumps(turn_body("live")), headers=h) as r:
+        assert r.status_code == 200
+        for chunk in r.iter_raw():
+            arrivals.append((time.monotonic() - t0, chunk))
+    body = b"".join(c for _, c in arrivals)
+    total = arrivals[-1][0]
+    first_event_at = next(t for t, c in arrivals if b"response.created" in c)
+    assert total > 1.5  # the backend paced ~10 events 0.25 s apart
+    assert first_event_at < total - 1.0, (first_event_at, total)  # not buffered until the end
+    [seen] = [x for x in backend.requests() if x["path"].startswith("/backend-api/codex/responses")]
+    import hashlib
+
+    assert seen.get("response_sha256") == hashlib.sha256(body).hexdigest()
+
+
+def test_pool_file_added_while_running_is_served(start, tmp_path):
+    backend, proxy = start(["alice"])
+    auth = backend.add_account("dave")
+    path = tmp_path / "pool" / "dave.json"
+    path.write_text(json.dumps(auth))
+    path.chmod(0o600)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:
+        names = [a["name"] for a in proxy.http.get("/admin/accounts").json()["accounts"] if a["usable"]]
+        if "dave" in names:
+            break
+        time.sleep(0.2)
+    assert "dave" in names, "a file added while running was not picked up within 5 s"
+    for i in range(2):
+        assert turn(proxy, f"conv-{i}").status_code == 200
+    assert "dave" in served_by(backend)
+
+
+def test_reload_picks_up_at_once_and_removed_files_stop_serving(start, tmp_path):
+    backend, proxy = start(["alice"], config="pool_dir: pool\ndata_dir: data\npool_scan_seconds: 5\npolicy: round_robin\n")
+    auth = backend.add_account("erin")
+    (tmp_path / "pool" / "erin.json").write_text(json.dumps(auth))
+    r = proxy.http.post("/admin/reload")
+    assert r.status_code == 200 and r.json()["added"] == ["erin"] and r.json()["usable"] == 2
+    (tmp_path / "pool" / "alice.json").unlink()
+    assert proxy.http.post("/admin/reload").json()["removed"] == ["alice"]
+    for i in range(3):
+        assert turn(proxy, f"c{i}").status_code == 200
+    assert set(served_by(backend)) == {"erin"}
+
+
+def test_bad_file_is_reported_once_and_left_untouched(start, tmp_path):
+    backend, proxy = start(["alice"])
+    bad = tmp_path / "pool" / "broken.json"
+    bad.write_text('{"tokens": {"access_token": "x"')
+    before = (bad.read_bytes(), bad.stat().st_mtime_ns, bad.stat().st_mode)
+    proxy.wait_for(r"WARNING.*broken\.json.*not valid JSON|broken\.json: not valid JSON|skipping pool file .*broken\.json: not valid JSON", 6)
+    time.sleep(2.5)  # a few more scans
+    assert sum("broken.json" in line and "skipping" in line for line in proxy.lines) == 1
+    assert (bad.read_bytes(), bad.stat().st_mtime_ns, bad.stat().st_mode) == before
+    assert turn(proxy, "still-serving").status_code == 200
+    listed = {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
+    assert listed["broken"]["state"] == "invalid" and "not valid JSON" in listed["broken"]["reason"]
+
+
+def test_duplicate_account_files_serve_one_and_list_both(start, tmp_path):
+    backend, proxy = start(["alice"])
+    pool = tmp_path / "pool"
+    (pool / "alice-copy.json").write_text((pool / "alice.json").read_text())
+    proxy.http.post("/admin/reload")
+    proxy.wait_for(r"alice-copy\.json and alice\.json hold the same account; serving alice\.json", 5)
+    rows = {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
+    assert rows["alice"]["usable"] and rows["alice-copy"]["state"] == "duplicate"
+
+
+def test_admin_accounts_never_shows_a_token(start, tmp_path):
+    backend, proxy = start(["alice", "bob"])
+    turn(proxy, "x")
+    text = proxy.http.get("/admin/accounts").text
+    for p in (tmp_path / "pool").glob("*.json"):
+        tokens = json.loads(p.read_text())["tokens"]
+        for k in ("access_token", "refresh_token", "id_token"):
+            assert tokens[k] not in text
+    rows = json.loads(text)["accounts"]
+    assert {r["name"] for r in rows} == {"alice", "bob"}
+    alice = next(r for r in rows if r["name"] == "alice")
+    assert alice["email"] and alice["account_id"] and alice["plan"] == "plus"
+
+
+def test_empty_pool_answers_503_locally(start):
+    backend, proxy = start([])
+    r = turn(proxy, "c")
+    assert r.status_code == 503
+    err = r.json()["error"]
+    assert err["type"] == "no_accounts" and "drop a Codex auth.json there" in err["message"]
+    assert backend.requests() == []
+    h = proxy.http.get("/healthz")
+    assert h.status_code == 503 and "no usable account" in h.json()["reason"]
+
+
+def test_internal_failure_answers_503_and_nothing_goes_upstream(start):
+    inject = Path(__file__).with_name("inject_failure.py")
+    backend, proxy = start(["alice"], scripts=[inject])
+    r = turn(proxy, "c")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "proxy_internal_error"
+    assert backend.requests() == []
+    assert CLIENT_TOKEN not in proxy.output()
+
+
+def test_healthz_works_with_upstream_down(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    backend = FakeBackend(["alice"], pool)
+    backend.stop()  # the upstream is gone; its accounts stay in the pool folder
+    proxy = Proxy(backend.url, tmp_path, "pool_dir: pool\ndata_dir: data\n")
+    try:
+        r = proxy.http.get("/healthz")
+        assert r.status_code == 200 and r.json()["usable"] == 1
+        assert proxy.http.get("/admin/accounts").status_code == 200
+    finally:
+        proxy.stop()
+
+
+def test_bad_config_fails_at_start_with_the_key_named(tmp_path):
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\npolicy: fastest\n")
+    argv = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+            "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}",
+            "--set", f"pool_config={tmp_path / 'mitm.yaml'}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "policy: 'fastest' is not a policy; allowed: usage_balanced, round_robin, fill_first" in done.stdout + done.stderr
+
+
+def test_bad_config_edit_keeps_previous_settings(start, tmp_path):
+    backend, proxy = start(["alice", "bob"], config="pool_dir: pool\ndata_dir: data\npolicy: fill_first\n")
+    mark = len(proxy.lines)
+    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\npolicy: fill_first\nsticky_ttl_minutes: -1\n")
+    proxy.wait_for(r"sticky_ttl_minutes: -1 is out of range.*keeping the previous settings", 6, start=mark)
+    for i in range(3):
+        assert turn(proxy, f"c{i}").status_code == 200
+    assert set(served_by(backend)) == {"alice"}  # still fill_first
+    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\npolicy: round_robin\n")
+    proxy.wait_for(r"reloaded .*mitm\.yaml", 6, start=mark)
+    backend.clear_requests()
+    for i in range(3, 7):
+        assert turn(proxy, f"c{i}").status_code == 200
+    assert set(served_by(backend)) == {"alice", "bob"}
+
+
+def test_admin_endpoints_require_the_admin_token_when_set(start):
+    backend, proxy = start(["alice"], config="pool_dir: pool\ndata_dir: data\nadmin_token: a-long-admin-secret-value\n")
+    assert proxy.http.get("/admin/accounts").status_code == 403
+    ok = proxy.http.get("/admin/accounts", headers={"authorization": "Bearer a-long-admin-secret-value"})
+    assert ok.status_code == 200
+    assert proxy.http.get("/healthz").status_code == 200  # health stays open
+    assert proxy.http.get("/admin/nope", headers={"authorization": "Bearer a-long-admin-secret-value"}).status_code == 404
+    assert backend.requests() == []  # none of it was forwarded
