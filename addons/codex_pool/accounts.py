@@ -59,14 +59,15 @@ class AccountRegistry:
     def usable_names(self, now: float) -> list[str]:
         return [n for n in sorted(self.accounts) if self.unusable_reason(n, now) is None]
 
-    def candidates(self, now: float) -> list[Candidate]:
+    def candidates(self, now: float, last_picked: dict[str, float]) -> list[Candidate]:
+        """Usable accounts for selection; `last_picked` is the caller's own LRU record."""
         out = []
         for name in self.usable_names(now):
             rt = self.runtime.get(name)
             out.append(
                 Candidate(
                     name=name,
-                    last_used=rt.last_used if rt else 0.0,
+                    last_used=last_picked.get(name, 0.0),
                     headroom=rt.rate_limits.headroom(now) if rt and rt.rate_limits else None,
                 )
             )

@@ -29,8 +29,9 @@ def test_conversation_sticks_and_new_ones_spread():
     assert router.route("conv1", now + 1).account.name == "a"
     assert router.route("conv1", now + 2).reason == "sticky"
     assert router.route("conv2", now + 3).account.name == "b"
-    assert router.route(None, now + 4).account.name == "c"  # keyless requests spread too
-    assert router.route("conv1", now + 5).account.name == "a"
+    assert [router.route(None, now + 4 + i).account.name for i in range(4)] == ["a", "b", "c", "a"]  # keyless spread too
+    assert router.route("conv3", now + 9).account.name == "c"  # ...in their own lane
+    assert router.route("conv1", now + 10).account.name == "a"
 
 
 def test_usage_balanced_spreads_new_conversations_by_lru():
@@ -38,6 +39,9 @@ def test_usage_balanced_spreads_new_conversations_by_lru():
     now = time.time()
     names = [router.route(f"c{i}", now + i).account.name for i in range(4)]
     assert names == ["a", "b", "a", "b"]
+    for i in range(3):  # keyless chatter in between does not skew conversation placement
+        router.route(None, now + 10 + i)
+    assert router.route("c-next", now + 20).account.name == "a"
 
 
 def test_sticky_moves_when_account_leaves_pool():
