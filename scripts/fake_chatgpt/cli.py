@@ -1,0 +1,126 @@
+"""Command line: run the simulated backend until SIGTERM/SIGINT.
+
+    fake-chatgpt [--host 127.0.0.1] [--port 0] (--accounts N | --names alice,bob)
+                 [--pool-dir DIR] [--plan plus] [--access-ttl SECONDS]
+                 [--no-websocket] [--stream-delay S] [--deltas N]
+                 [--tls-dir DIR | --tls-cert PEM --tls-key PEM]
+
+Prints `fake-chatgpt listening at <url>` (flushed) once listening. Tokens are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import ssl
+import sys
+
+from .server import FakeChatGPT
+from .state import Config
+
+
+def write_auth_file(directory: str, name: str, auth: dict) -> str:
+    path = os.path.join(directory, f"{name}.json")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            fd = -1
+            json.dump(auth, f, indent=2)
+            f.write("\n")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def make_pool_dir(directory: str) -> None:
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fake-chatgpt", description="Simulated ChatGPT backend for the Codex CLI.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--accounts", type=int, default=None, help="create N accounts named acct1..acctN")
+    g.add_argument("--names", default=None, help="comma-separated account names to create")
+    p.add_argument("--pool-dir", default=None, help="write each account's auth.json as DIR/<name>.json (0600)")
+    p.add_argument("--plan", default="plus", help="plan type of the created accounts (default plus)")
+    p.add_argument("--access-ttl", type=float, default=None, help="access token lifetime in seconds (default 10 days)")
+    p.add_argument("--no-websocket", action="store_true", help="answer WebSocket upgrades with 426")
+    p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between stream events")
+    p.add_argument("--deltas", type=int, default=3, help="text deltas per answer")
+    p.add_argument("--backlog", type=int, default=512, help="listen backlog (min 128)")
+    p.add_argument("--tls-dir", default=None, help="serve https with a fresh CA + leaf written to DIR (ca.pem)")
+    p.add_argument("--tls-cert", default=None, help="serve https with this certificate chain (PEM)")
+    p.add_argument("--tls-key", default=None, help="private key of --tls-cert (PEM)")
+    return p.parse_args(argv)
+
+
+def _ssl_context(args) -> ssl.SSLContext | None:
+    cert, key = args.tls_cert, args.tls_key
+    if args.tls_dir:
+        from .tls import make_ca_and_leaf
+
+        paths = make_ca_and_leaf(args.tls_dir, hosts=[args.host if args.host not in ("", "0.0.0.0") else "127.0.0.1"])
+        cert, key = paths["cert"], paths["key"]
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def run(args) -> int:
+    config = Config(websocket=not args.no_websocket, stream_delay=args.stream_delay, deltas=args.deltas)
+    fake = FakeChatGPT(
+        args.host, args.port, config=config, plan=args.plan, backlog=args.backlog, ssl_context=_ssl_context(args)
+    )
+    if args.names:
+        names = [n.strip() for n in args.names.split(",") if n.strip()]
+    elif args.accounts:
+        names = [f"acct{i}" for i in range(1, args.accounts + 1)]
+    else:
+        names = []
+    await fake.start()
+    if args.pool_dir:
+        make_pool_dir(args.pool_dir)
+    for name in names:
+        auth = fake.add_account(name, plan=args.plan, access_ttl_seconds=args.access_ttl)
+        acct = fake.state.accounts[name]
+        where = ""
+        if args.pool_dir:
+            where = " -> " + write_auth_file(args.pool_dir, name, auth)
+        print(f"fake-chatgpt account {name} {acct.account_id} {acct.plan}{where}", flush=True)
+    if args.tls_dir:
+        print(f"fake-chatgpt ca certificate {os.path.join(args.tls_dir, 'ca.pem')}", flush=True)
+    print(f"fake-chatgpt listening at {fake.url}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await fake.stop()
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
