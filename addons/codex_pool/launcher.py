@@ -92,6 +92,11 @@ def run_demo(config: Config, *, web: bool, extra: list[str]) -> int:
         stdout=subprocess.PIPE, text=True,
     )
     proxy = None
+
+    def _terminate(signum, frame):  # SIGTERM: leave through `finally`, which stops both children
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         fake_url = _wait_for_line(fake, "listening at ", 30)
         demo_config = demo_dir / "mitm.yaml"
@@ -167,21 +172,29 @@ def _tour(proxy_url: str, codex_home: Path, fake_url: str) -> None:
     else:
         print("demo: the proxy did not come up; see its log above", flush=True)
         return
-    print("\ndemo: two conversations, each asked twice — each stays on its account, new ones spread:", flush=True)
+    print("\ndemo: three conversations, the first two asked twice — each stays on its account, new ones spread:", flush=True)
     for conv in ("demo-conversation-1", "demo-conversation-1", "demo-conversation-2", "demo-conversation-2", "demo-conversation-3"):
         try:
             served = _demo_turn(proxy_url, conv)
         except Exception as e:
             served = f"failed: {e}"
         print(f"demo:   {conv} → {served}", flush=True)
+    codex = _installed_codex() or "codex"
     print(
         "\ndemo: the proxy keeps running. Point Codex at it:\n"
         f"  export CODEX_HOME={codex_home}\n"
-        "  codex exec --skip-git-repo-check 'hello'\n"
+        f"  {codex} exec --skip-git-repo-check 'hello'\n"
         f"  (config: {codex_home / 'config.toml'})\n"
         f"demo: accounts: curl {proxy_url}/admin/accounts    stop: Ctrl-C\n",
         flush=True,
     )
+
+
+def _installed_codex() -> str | None:
+    """The Codex CLI binary scripts/install-codex put in the cache, if any."""
+    cache = Path(os.environ.get("CODEX_POOL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "codex-pool")
+    found = sorted(cache.glob("codex-*/node_modules/@openai/codex-linux-*/vendor/*/bin/codex"))
+    return str(found[-1]) if found else shutil.which("codex")
 
 
 def _demo_turn(proxy_url: str, conv: str) -> str:
