@@ -19,7 +19,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import conversation, local_endpoints, quota
+from . import conversation, local_endpoints, paths, quota
 from .accounts import AccountRegistry
 from .config import Config, ConfigError, default_config, load_config
 from .local_answer import error_body
@@ -68,6 +68,11 @@ class CodexPool:
         self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
 
     def running(self) -> None:
+        if getattr(ctx.options, "connection_strategy", "lazy") == "eager":
+            log.warning(
+                "codex-pool: connection_strategy=eager connects upstream before the addon sees a request, so "
+                "/healthz and /admin/* fail while the upstream is unreachable; run with --set connection_strategy=lazy"
+            )
         self._scan_lock = asyncio.Lock()
         self._task = asyncio.create_task(self._watch())
 
@@ -173,8 +178,14 @@ class CodexPool:
         if flow.response is not None or flow.error is not None:
             return
         try:
-            if local_endpoints.is_local(flow.request.path):
+            if paths.is_local(flow.request.path):
                 await local_endpoints.answer(self, flow)
+                return
+            if not paths.is_forwardable(flow.request.path):
+                answer_local(flow, 404, error_body(
+                    "not_found", "not_forwarded",
+                    f"codex-pool forwards only {paths.FORWARD_PREFIX}… to the ChatGPT backend; "
+                    f"point your client's base URL at http://<proxy>{paths.FORWARD_PREFIX}codex"))
                 return
             self._route(flow)
         except Exception as e:

@@ -18,18 +18,10 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 
 from .local_answer import error_body, json_body
+from .paths import HEALTH, bare
 
 if TYPE_CHECKING:
     from .addon import CodexPool
-
-HEALTH = "/healthz"
-ADMIN_PREFIX = "/admin/"
-
-
-def is_local(path: str) -> bool:
-    bare = path.split("?", 1)[0]
-    return bare == HEALTH or bare.startswith(ADMIN_PREFIX) or bare == "/admin"
-
 
 def _reply(flow: http.HTTPFlow, status: int, body: bytes) -> None:
     flow.response = http.Response.make(status, body, {"content-type": "application/json", "cache-control": "no-store"})
@@ -59,7 +51,7 @@ def admin_allowed(flow: http.HTTPFlow, admin_token: str | None) -> str | None:
 
 
 async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
-    path = flow.request.path.split("?", 1)[0]
+    path = bare(flow.request.path)
     method = flow.request.method.upper()
     now = time.time()
     registry = addon.registry

@@ -1,5 +1,6 @@
 """The pool proxy end to end: real mitmdump + addons/pool.py in front of the simulated backend."""
 
+import hashlib
 import json
 import subprocess
 import time
@@ -85,7 +86,7 @@ def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(start):
     seen = [r for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
     assert [s.get("prompt_cache_key") for s in seen] == ["zstd-conv"] * 3  # the backend could decode it
     assert len({s["account"] for s in seen}) == 1  # body key kept the conversation on one account
-    assert all(s.get("body_sha256") in (None, __import__("hashlib").sha256(packed).hexdigest()) for s in seen)
+    assert [s["body_sha256"] for s in seen] == [hashlib.sha256(packed).hexdigest()] * 3  # byte for byte
 
 
 def test_stickiness_across_turns_and_spreading_of_new_conversations(start):
@@ -128,9 +129,7 @@ def test_sse_reaches_client_live_and_byte_identical(start):
     assert total > 1.5  # the backend paced ~10 events 0.25 s apart
     assert first_event_at < total - 1.0, (first_event_at, total)  # not buffered until the end
     [seen] = [x for x in backend.requests() if x["path"].startswith("/backend-api/codex/responses")]
-    import hashlib
-
-    assert seen.get("response_sha256") == hashlib.sha256(body).hexdigest()
+    assert seen["response_sha256"] == hashlib.sha256(body).hexdigest()  # byte-identical to what was sent
 
 
 def test_pool_file_added_while_running_is_served(start, tmp_path):
@@ -272,3 +271,12 @@ def test_admin_endpoints_require_the_admin_token_when_set(start):
     assert proxy.http.get("/healthz").status_code == 200  # health stays open
     assert proxy.http.get("/admin/nope", headers={"authorization": "Bearer a-long-admin-secret-value"}).status_code == 404
     assert backend.requests() == []  # none of it was forwarded
+
+
+def test_only_the_backend_api_is_forwarded(start):
+    backend, proxy = start(["alice"])
+    for path in ("/", "/auth/login", "/oauth/token", "/backend-apix"):
+        r = proxy.http.get(path, headers={"authorization": f"Bearer {CLIENT_TOKEN}"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_forwarded", path
+    assert proxy.http.get("/backend-api/codex/models?client_version=0.169.0").status_code == 200
+    assert [r["path"].split("?")[0] for r in backend.requests()] == ["/backend-api/codex/models"]

@@ -1,0 +1,23 @@
+"""Which request paths the proxy answers itself, and which it forwards with pool credentials."""
+
+from __future__ import annotations
+
+HEALTH = "/healthz"
+ADMIN_PREFIX = "/admin/"
+FORWARD_PREFIX = "/backend-api/"  # everything Codex and OpenAI-style clients call lives here
+
+
+def bare(path: str) -> str:
+    return path.split("?", 1)[0]
+
+
+def is_local(path: str) -> bool:
+    """Answered by the proxy itself, never forwarded."""
+    p = bare(path)
+    return p == HEALTH or p.startswith(ADMIN_PREFIX) or p == "/admin"
+
+
+def is_forwardable(path: str) -> bool:
+    """Only the ChatGPT backend API goes upstream with a pool account's credentials; web pages and
+    anything else on the upstream host stay out of reach."""
+    return bare(path).startswith(FORWARD_PREFIX)
