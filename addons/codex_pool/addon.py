@@ -133,7 +133,8 @@ class CodexPool:
 
     async def rescan(self) -> PoolScan:
         """Re-read the pool folder (changed files only) in a worker thread."""
-        assert self._scan_lock is not None
+        if self._scan_lock is None:
+            self._scan_lock = asyncio.Lock()
         async with self._scan_lock:
             folder = self.folder
             if folder is None:
