@@ -45,6 +45,7 @@ class CodexPool:
         self._config_mtime: int | None = None
         self._scan_lock: asyncio.Lock | None = None
         self._task: asyncio.Task | None = None
+        self._pending_rescan: asyncio.Task | None = None
         self._ws_turns: dict[str, TurnObserver] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -65,7 +66,10 @@ class CodexPool:
         except ConfigError as e:
             raise exceptions.OptionsError(f"pool_config: {e}") from None
         self._apply_config(config)
-        self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
+        if self._task is None:  # start-up: read the pool before the first request
+            self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
+        else:  # changed while running: rescan off the event loop, serialised with the watcher
+            self._pending_rescan = asyncio.get_running_loop().create_task(self.rescan())
 
     def running(self) -> None:
         if getattr(ctx.options, "connection_strategy", "lazy") == "eager":

@@ -114,3 +114,24 @@ async def test_hooks_ignore_foreign_or_broken_flows_without_raising(pool, hook):
         ws = tflow.twebsocketflow()
         ws.metadata["codex_pool"] = {"account": "gone", "in_flight": True}
         getattr(addon, hook)(ws)
+
+
+async def test_pool_config_changed_while_running_rescans_off_the_loop(pool, tmp_path):
+    write_auth(pool / "pool", "good", make_auth("acct-good"))
+    other = tmp_path / "other"
+    (other / "pool").mkdir(parents=True)
+    write_auth(other / "pool", "second", make_auth("acct-second"))
+    (other / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\n")
+    addon = CodexPool()
+    with taddons.context(addon) as tctx:
+        await configured(tctx, addon, pool)
+        addon.running()
+        assert list(addon.registry.accounts) == ["good"]
+        tctx.configure(addon, pool_config=str(other / "mitm.yaml"))
+        await addon._pending_rescan
+        assert list(addon.registry.accounts) == ["second"]
+        with pytest.raises(Exception, match="policy"):
+            (other / "bad.yaml").write_text("policy: nope\n")
+            tctx.configure(addon, pool_config=str(other / "bad.yaml"))
+        assert list(addon.registry.accounts) == ["second"]  # a rejected change keeps what was served
+        addon.done()
