@@ -59,6 +59,14 @@ class CodexPool:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated and getattr(ctx.options, "stream_large_bodies", None):
+            # A streamed request body makes mitmproxy send the headers upstream before our request
+            # hook runs: the client's own credentials would go out and routing would be skipped.
+            raise exceptions.OptionsError(
+                "stream_large_bodies: codex-pool must see a whole request before anything is sent upstream "
+                "(to pick the account and replace the client's credentials); unset it. SSE answers are "
+                "streamed by codex-pool itself."
+            )
         if "pool_config" not in updated:
             return
         try:
@@ -179,6 +187,17 @@ class CodexPool:
 
     # ---- request path ----------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before anything can be sent: drop the client's credentials from every forwardable request,
+        and keep its body buffered so routing (in `request`) happens before the upstream sees it."""
+        try:
+            if paths.is_local(flow.request.path):
+                return
+            flow.request.stream = False
+            _drop_client_credentials(flow.request.headers)
+        except Exception as e:
+            log.error("codex-pool: requestheaders failed on %s: %s", flow.request.path, _describe(e))
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None:
             return
@@ -209,8 +228,7 @@ class CodexPool:
 
     def _set_credentials(self, flow: http.HTTPFlow, route: Route) -> None:
         headers = flow.request.headers
-        for name in {n for n in headers.keys() if is_client_credential(n)}:
-            del headers[name]
+        _drop_client_credentials(headers)
         headers["Authorization"] = f"Bearer {route.account.access_token}"
         headers["ChatGPT-Account-ID"] = route.account.account_id
         self.registry.rt(route.account.name).in_flight += 1
@@ -354,6 +372,11 @@ class CodexPool:
 
 def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json") -> None:
     flow.response = http.Response.make(status, body, {"content-type": content_type, "cache-control": "no-store"})
+
+
+def _drop_client_credentials(headers: http.Headers) -> None:
+    for name in {n for n in headers.keys() if is_client_credential(n)}:
+        del headers[name]
 
 
 def _redact_request(flow: http.HTTPFlow) -> None:

@@ -280,3 +280,14 @@ def test_only_the_backend_api_is_forwarded(start):
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_forwarded", path
     assert proxy.http.get("/backend-api/codex/models?client_version=0.169.0").status_code == 200
     assert [r["path"].split("?")[0] for r in backend.requests()] == ["/backend-api/codex/models"]
+
+
+def test_stream_large_bodies_is_refused_at_start(tmp_path):
+    """Streamed request bodies would reach upstream before routing; codex-pool refuses the option."""
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\n")
+    argv = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+            "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}",
+            "--set", f"pool_config={tmp_path / 'mitm.yaml'}", "--set", "stream_large_bodies=1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0 and "stream_large_bodies: codex-pool must see a whole request" in done.stdout + done.stderr

@@ -135,3 +135,19 @@ async def test_pool_config_changed_while_running_rescans_off_the_loop(pool, tmp_
             tctx.configure(addon, pool_config=str(other / "bad.yaml"))
         assert list(addon.registry.accounts) == ["second"]  # a rejected change keeps what was served
         addon.done()
+
+
+async def test_requestheaders_drops_client_credentials_and_buffers_the_body(pool):
+    addon = CodexPool()
+    with taddons.context(addon) as tctx:
+        await configured(tctx, addon, pool)
+        f = turn_flow()
+        f.request.stream = True  # as mitmproxy's stream_large_bodies would set it
+        addon.requestheaders(f)
+        assert f.request.stream is False
+        assert "authorization" not in f.request.headers and "cookie" not in f.request.headers
+        admin = turn_flow(path="/admin/accounts")
+        addon.requestheaders(admin)
+        assert admin.request.headers["authorization"] == "Bearer client-token"  # admin_token checks need it
+        with pytest.raises(Exception, match="stream_large_bodies"):
+            tctx.configure(addon, stream_large_bodies="1")
