@@ -6,10 +6,12 @@ health states (cooling, limited, disabled) extend `_unusable_reason`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .auth_file import Account
+from .health import DISABLED, HealthBook, HealthEvent
 from .pool_folder import PoolScan, Problem
 from .quota import RateLimits
 from .selection import Candidate
@@ -35,15 +37,28 @@ class AccountRegistry:
     runtime: dict[str, Runtime] = field(default_factory=dict)
     pool_label: str = "pool/"  # how messages name the pool folder
 
-    def apply_scan(self, scan: PoolScan) -> None:
+    health: HealthBook = field(default_factory=HealthBook)
+
+    def apply_scan(self, scan: PoolScan, now: float | None = None) -> list[HealthEvent]:
+        """Take a new view of the pool folder. A file whose tokens changed clears an auth problem."""
+        now = time.time() if now is None else now
+        previous = self.accounts
         self.accounts = dict(scan.accounts)
         self.problems = dict(scan.problems)
         self.duplicates = dict(scan.duplicates)
         self.shadowed = dict(scan.shadowed)
         self.folder_error = scan.folder_error
+        events: list[HealthEvent] = []
+        for name, account in self.accounts.items():
+            old = previous.get(name)
+            if old is not None and (old.access_token, old.refresh_token) != (account.access_token, account.refresh_token):
+                events += self.health.file_replaced(name, now)
         for name in list(self.runtime):
             if name not in self.accounts:
                 del self.runtime[name]
+        for name in set(previous) - set(self.accounts):
+            self.health.forget(name)
+        return events
 
     def rt(self, name: str) -> Runtime:
         return self.runtime.setdefault(name, Runtime())
@@ -54,6 +69,15 @@ class AccountRegistry:
             return "not in the pool"
         if account.expired(now):
             return f"access token expired at {iso(account.access_expires_at)}; replace {account.path.name} with a fresh login"
+        if not self.health.usable(name, now):
+            h = self.health.peek(name)
+            if h.state == DISABLED:
+                fix = {
+                    "manual": "POST /admin/accounts/{n}/enable to use it again",
+                    "deactivated": "upstream says the account is deactivated; remove {f} or replace it",
+                }.get(h.reason or "", "replace {f} with a fresh `codex login` to use it again")
+                return f"disabled ({h.reason}): {fix.format(n=name, f=account.path.name)}"
+            return f"{h.state} until {iso(h.until)} ({h.reason})"
         return None
 
     def usable_names(self, now: float) -> list[str]:
@@ -73,18 +97,6 @@ class AccountRegistry:
             )
         return out
 
-    def why_none_usable(self, now: float) -> str:
-        """A sentence for the 503 answer when no account can serve."""
-        if self.folder_error:
-            return f"the pool folder is unusable: {self.folder_error}"
-        if not self.accounts:
-            if self.problems:
-                names = ", ".join(f"{p.path.name}" for p in list(self.problems.values())[:5])
-                return f"{self.pool_label} has no usable account: every file is invalid ({names}); see the proxy log, fix or replace them"
-            return f"{self.pool_label} has no usable account — drop a Codex auth.json there (or POST /admin/reload after adding one)"
-        reasons = "; ".join(f"{n}: {self.unusable_reason(n, now)}" for n in sorted(self.accounts)[:5])
-        return f"no pool account is usable now ({reasons})"
-
     def record_rate_limits(self, name: str, limits: RateLimits) -> None:
         if name in self.accounts:
             self.rt(name).rate_limits = limits
@@ -95,6 +107,8 @@ class AccountRegistry:
         for name, account in sorted(self.accounts.items()):
             reason = self.unusable_reason(name, now)
             rt = self.runtime.get(name) or Runtime()
+            health = self.health.peek(name)
+            state = "expired" if account.expired(now) else (health.state if not self.health.usable(name, now) else "usable")
             rows.append(
                 {
                     "name": name,
@@ -102,9 +116,12 @@ class AccountRegistry:
                     "email": account.email,
                     "account_id": account.account_id,
                     "plan": account.plan,
-                    "state": "usable" if reason is None else "unusable",
+                    "state": state,
                     "usable": reason is None,
                     "reason": reason,
+                    "until": iso(health.until) if state in ("cooling", "limited") else None,
+                    "last_error": health.detail,
+                    "consecutive_failures": health.failures,
                     "access_expires_at": iso(account.access_expires_at),
                     "last_used": iso(rt.last_used) if rt.last_used else None,
                     "requests": rt.requests,

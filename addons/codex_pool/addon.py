@@ -19,10 +19,13 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from . import conversation, local_endpoints, paths, quota
+from . import conversation, failover, local_endpoints, paths, quota
 from .accounts import AccountRegistry
 from .config import Config, ConfigError, default_config, load_config
+from .event_log import EventLog
+from .health import HealthEvent, HealthPolicy
 from .local_answer import error_body
+from .outcome import OK, Verdict, classify_http, classify_stream_failure, classify_transport_error, classify_ws_error
 from .pool_folder import PoolFolder, PoolScan
 from .redact import is_client_credential, redact
 from .router import NoRoute, Route, Router
@@ -47,6 +50,9 @@ class CodexPool:
         self._task: asyncio.Task | None = None
         self._pending_rescan: asyncio.Task | None = None
         self._ws_turns: dict[str, TurnObserver] = {}
+        self.chains = failover.Chains()
+        self.events: EventLog | None = None
+        self._events_task: asyncio.Task | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -87,11 +93,16 @@ class CodexPool:
             )
         self._scan_lock = asyncio.Lock()
         self._task = asyncio.create_task(self._watch())
+        if self.events is not None:
+            self._events_task = asyncio.create_task(self.events.run())
 
     def done(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        for task in (self._task, self._events_task):
+            if task is not None:
+                task.cancel()
+        self._task = self._events_task = None
+        if self.events is not None:
+            self.events.flush()
 
     def _read_config(self, path: Path) -> Config:
         if not path.exists() and str(path) == DEFAULT_CONFIG:
@@ -105,7 +116,15 @@ class CodexPool:
     def _apply_config(self, config: Config) -> None:
         previous = self.config
         self.config = config
-        self.router.reconfigure(config.policy, config.sticky_ttl_seconds)
+        self.router.reconfigure(config.policy, config.sticky_ttl_seconds, config.repin_after_seconds)
+        self.registry.health.policy = HealthPolicy(
+            config.cooldown_base_seconds, config.cooldown_max_seconds, config.usage_limit_default_minutes * 60
+        )
+        events_path = config.data_dir / "events.jsonl"
+        if self.events is None or self.events.path != events_path:
+            self.events = EventLog(events_path, int(config.event_log_max_mb * (1 << 20)))
+        else:
+            self.events.max_bytes = int(config.event_log_max_mb * (1 << 20))
         if previous is None or previous.pool_dir != config.pool_dir or self.folder is None:
             self.folder = PoolFolder(config.pool_dir)
             self.registry.pool_label = f"{config.pool_dir}/"
@@ -120,7 +139,9 @@ class CodexPool:
             try:
                 await self._reload_config_if_changed()
                 await self.rescan()
-                self.router.sticky.prune(time.time())
+                now = time.time()
+                self.router.sticky.prune(now)
+                self._health_events(self.registry.health.tick(now))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # never let the watcher die
@@ -157,7 +178,7 @@ class CodexPool:
             return scan
 
     def _report(self, scan: PoolScan, initial: bool) -> None:
-        self.registry.apply_scan(scan)
+        self._health_events(self.registry.apply_scan(scan))
         if scan.folder_error and scan.changed:
             log.warning("codex-pool: %s", scan.folder_error)
         for problem in scan.new_problems:
@@ -217,29 +238,48 @@ class CodexPool:
 
     def _route(self, flow: http.HTTPFlow) -> None:
         now = time.time()
+        marker = flow.request.query.get(failover.MARKER)
+        if marker is not None:
+            del flow.request.query[failover.MARKER]  # ours; upstream never sees it
+        chain = self.chains.resolve(marker, now)
         key = conversation.conversation_key(flow.request.headers, lambda: flow.request.get_content(strict=False))
         hashed = conversation.hash_key(self.secret, key) if key else None
-        route = self.router.route(hashed, now)
+        route = self.router.route(hashed, now, exclude=frozenset(chain.tried))
         if isinstance(route, NoRoute):
-            answer_local(flow, route.status, error_body(route.type, route.code, route.message))
+            self._answer_no_route(flow, route)
             log.warning("codex-pool: %s %s answered %d: %s", flow.request.method, flow.request.path, route.status, route.message)
             return
-        self._set_credentials(flow, route)
+        self._set_credentials(flow, route, chain)
 
-    def _set_credentials(self, flow: http.HTTPFlow, route: Route) -> None:
+    def _set_credentials(self, flow: http.HTTPFlow, route: Route, chain: failover.Chain) -> None:
         headers = flow.request.headers
         _drop_client_credentials(headers)
         headers["Authorization"] = f"Bearer {route.account.access_token}"
         headers["ChatGPT-Account-ID"] = route.account.account_id
         self.registry.rt(route.account.name).in_flight += 1
+        attempt = chain.attempt
+        chain.tried.append(route.account.name)
         flow.metadata[META] = {
             "account": route.account.name,
             "reason": route.reason,
             "conversation": route.conversation,
+            "pinned_to": route.pinned_to,
+            "chain": chain.id,
+            "attempt": attempt,
             "in_flight": True,
         }
         conv = f" · conv {route.conversation[:8]}" if route.conversation else ""
-        flow.comment = f"account {route.account.name} ({route.reason}){conv}"
+        standin = f" standing in for {route.pinned_to}" if route.pinned_to else ""
+        retry = f" · attempt {attempt}" if attempt > 1 else ""
+        flow.comment = f"account {route.account.name} ({route.reason}{standin}){conv}{retry}"
+        self._emit("request.account_selected", account=route.account.name, reason=route.reason,
+                   conversation=route.conversation, attempt=attempt, pinned_to=route.pinned_to,
+                   path=paths.bare(flow.request.path))
+
+    def _answer_no_route(self, flow: http.HTTPFlow, route: NoRoute) -> None:
+        answer_local(flow, route.status, error_body(route.type, route.code, route.message, **route.extra))
+        if route.retry_after is not None:
+            flow.response.headers["retry-after"] = str(route.retry_after)
 
     def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
         """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""
@@ -278,19 +318,83 @@ class CodexPool:
 
     def response(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
-        if not isinstance(meta, dict) or flow.response is None:
+        if not isinstance(meta, dict) or flow.response is None or "status" in meta:
             return
         try:
             meta["status"] = flow.response.status_code
+            now = time.time()
             tap = flow.response.stream if isinstance(flow.response.stream, SSETap) else None
             if tap is not None:
                 self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
-            elif flow.response.timestamp_start and flow.request.timestamp_end:
-                meta["ttfb_ms"] = round((flow.response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+                verdict = self._stream_verdict(tap, now, meta["account"])
+            else:
+                if flow.response.timestamp_start and flow.request.timestamp_end:
+                    meta["ttfb_ms"] = round((flow.response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+                verdict = classify_http(flow.response.status_code, flow.response.headers,
+                                        flow.response.get_content(strict=False) if flow.response.status_code >= 400 else None,
+                                        now, self._latest_limits(meta["account"]))
+            self._judge(flow, meta, verdict, now, answer_sent=tap is not None)
             if flow.websocket is None:
                 self._finish(flow)
         except Exception as e:
             log.error("codex-pool: response hook failed on %s: %s", flow.request.path, _describe(e))
+
+    def _stream_verdict(self, tap: SSETap, now: float, account: str) -> Verdict:
+        observer = tap.observer
+        if observer is None or observer.completed:
+            return OK
+        if observer.failed is not None:
+            return classify_stream_failure(observer.failed, now, self._latest_limits(account))
+        if observer.error is not None:
+            return classify_ws_error(observer.error, now, self._latest_limits(account))
+        if observer.incomplete:
+            return OK  # e.g. max_output_tokens: the account did its job
+        return Verdict("cooldown", "stream_incomplete", "the answer ended before response.completed")
+
+    def _judge(self, flow: http.HTTPFlow, meta: dict, verdict: Verdict, now: float, answer_sent: bool) -> None:
+        """Fold an outcome into the account's health, then let the answer through, send the client
+        to another account, or replace it with the pool's honest answer."""
+        account = meta["account"]
+        meta["outcome"] = verdict.kind if verdict.kind != "neutral" else "ok"
+        if verdict.failed:
+            meta["outcome_reason"] = verdict.reason
+        self._health_events(self.registry.health.apply(account, verdict, now))
+        chain = self.chains.resolve(meta.get("chain"), now)
+        action = failover.decide(
+            verdict,
+            attempt=meta.get("attempt", 1),
+            max_attempts=self.config.max_attempts if self.config else 3,
+            has_alternative=self.router.has_alternative(now, frozenset(chain.tried)),
+            answer_sent=answer_sent,
+        )
+        if action == failover.PASS:
+            return
+        upstream_status = flow.response.status_code
+        meta["failover"] = verdict.reason
+        if action == failover.RETRY:
+            if _is_upgrade(flow):
+                answer_local(flow, 503, error_body("server_error", "account_switch",
+                             f"pool account {account} failed ({verdict.reason}); reconnect to be served by another"))
+                flow.response.headers["retry-after"] = "0"
+            else:
+                flow.response = http.Response.make(307, b"", {
+                    "location": failover.retry_location(flow.request.path, chain),
+                    "cache-control": "no-store",
+                    "x-codex-pool-failover": verdict.reason,
+                })
+            self._emit("request.failover", account=account, reason=verdict.reason, status=upstream_status,
+                       attempt=meta.get("attempt", 1), conversation=meta.get("conversation"),
+                       path=paths.bare(flow.request.path))
+            flow.comment = f"{flow.comment} · failed over ({verdict.reason} {upstream_status})"
+        else:
+            no_route = self.router.unavailable(now, frozenset(chain.tried))
+            self._answer_no_route(flow, no_route)
+            flow.comment = f"{flow.comment} · {verdict.reason} {upstream_status} → {no_route.status} {no_route.code}"
+        flow.marked = ":warning:"
+
+    def _latest_limits(self, account: str):
+        rt = self.registry.runtime.get(account)
+        return rt.rate_limits if rt else None
 
     def error(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
@@ -302,6 +406,13 @@ class CodexPool:
             tap = flow.response.stream if flow.response is not None and isinstance(flow.response.stream, SSETap) else None
             if tap is not None:
                 self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
+            if "status" not in meta:  # not judged yet: the exchange broke
+                verdict = classify_transport_error(meta["error"])
+                if verdict.kind == "neutral":
+                    meta["outcome"] = "client_cancelled"
+                else:
+                    meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
+                    self._health_events(self.registry.health.apply(meta["account"], verdict, time.time()))
             self._finish(flow)
         except Exception as e:
             log.error("codex-pool: error hook failed on %s: %s", flow.request.path, _describe(e))
@@ -348,6 +459,8 @@ class CodexPool:
                 return
             seen_limits = len(observer.rate_limits)
             observer.observe_json(message.content)
+            if observer.error is not None:
+                self._judge_ws_error(flow, meta, message, observer.error)
             if observer.terminal:
                 self._absorb_turn(flow, meta, observer, None)
                 meta["ws_turns"] = meta.get("ws_turns", 0) + 1
@@ -358,6 +471,55 @@ class CodexPool:
                     self.registry.record_rate_limits(meta["account"], limits)
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, _describe(e))
+
+    def _judge_ws_error(self, flow: http.HTTPFlow, meta: dict, message, frame: dict) -> None:
+        """An error frame from upstream: mark the account; a usage limit the client would treat as
+        fatal becomes a retryable error while another account can serve (its new socket lands there)."""
+        now = time.time()
+        account = meta["account"]
+        verdict = classify_ws_error(frame, now, self._latest_limits(account))
+        self._health_events(self.registry.health.apply(account, verdict, now))
+        if not verdict.failed:
+            return
+        meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
+        if verdict.kind == "limited" and self.router.has_alternative(now, frozenset({account})):
+            message.content = json.dumps({
+                "type": "error",
+                "status": 503,
+                "error": {"type": "server_error", "code": "account_switch",
+                          "message": f"pool account {account} hit its usage limit; reconnect to continue on another account"},
+            }).encode()
+            meta["failover"] = verdict.reason
+            self._emit("request.failover", account=account, reason=verdict.reason, status=frame.get("status"),
+                       conversation=meta.get("conversation"), transport="websocket")
+            flow.comment = f"{flow.comment} · failed over ({verdict.reason})"
+            flow.marked = ":warning:"
+
+    def account_action(self, name: str, action: str) -> None:
+        """Admin steering: pin (every request goes there while usable), unpin, disable, enable."""
+        now = time.time()
+        if action == "pin":
+            self.router.pinned = name
+        elif action == "unpin":
+            if self.router.pinned == name:
+                self.router.pinned = None
+        elif action == "disable":
+            self._health_events(self.registry.health.disable(name, "manual", now, "disabled by an admin"))
+        elif action == "enable":
+            self._health_events(self.registry.health.enable(name, now))
+        log.info("codex-pool: admin %s %s", action, name)
+        self._emit("admin." + action, account=name)
+
+    def _health_events(self, events: list[HealthEvent]) -> None:
+        for e in events:
+            self._emit(e.event, account=e.account, **e.fields)
+            level = logging.INFO if e.event == "account.recovered" else logging.WARNING
+            log.log(level, "codex-pool: %s %s %s", e.event, e.account,
+                    " ".join(f"{k}={v}" for k, v in e.fields.items() if v is not None and k != "detail"))
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        if self.events is not None:
+            self.events.emit(event, **fields)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._ws_turns.pop(flow.id, None)
@@ -372,6 +534,10 @@ class CodexPool:
 
 def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json") -> None:
     flow.response = http.Response.make(status, body, {"content-type": content_type, "cache-control": "no-store"})
+
+
+def _is_upgrade(flow: http.HTTPFlow) -> bool:
+    return flow.request.headers.get("upgrade", "").lower() == "websocket"
 
 
 def _drop_client_credentials(headers: http.Headers) -> None:

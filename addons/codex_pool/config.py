@@ -33,11 +33,21 @@ class Config:
     upstream: str = "https://chatgpt.com"
     pool_scan_seconds: float = 2.0
     admin_token: str | None = dataclasses.field(default=None, repr=False)
+    max_attempts: int = 3
+    repin_after_minutes: float = 10.0
+    cooldown_base_seconds: float = 5.0
+    cooldown_max_seconds: float = 300.0
+    usage_limit_default_minutes: float = 60.0
+    event_log_max_mb: float = 5.0
     source: Path | None = None  # the file this came from, None for built-in defaults
 
     @property
     def sticky_ttl_seconds(self) -> float:
         return self.sticky_ttl_minutes * 60.0
+
+    @property
+    def repin_after_seconds(self) -> float:
+        return self.repin_after_minutes * 60.0
 
     @property
     def confdir(self) -> Path:
@@ -56,6 +66,14 @@ def _number(key: str, value: Any, *, minimum: float, maximum: float) -> float:
     if not minimum <= value <= maximum:
         raise ConfigError(f"{key}: {value!r} is out of range; allowed {minimum:g} to {maximum:g}")
     return float(value)
+
+
+def _integer(key: str, value: Any, *, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{key}: {value!r} is out of range; allowed {minimum} to {maximum}")
+    return value
 
 
 def _string(key: str, value: Any) -> str:
@@ -105,6 +123,12 @@ _VALIDATORS = {
     "upstream": _url,
     "pool_scan_seconds": lambda k, v: _number(k, v, minimum=0.2, maximum=5),
     "admin_token": _optional_secret,
+    "max_attempts": lambda k, v: _integer(k, v, minimum=1, maximum=10),
+    "repin_after_minutes": lambda k, v: _number(k, v, minimum=0, maximum=60 * 24),
+    "cooldown_base_seconds": lambda k, v: _number(k, v, minimum=0.1, maximum=3600),
+    "cooldown_max_seconds": lambda k, v: _number(k, v, minimum=1, maximum=86400),
+    "usage_limit_default_minutes": lambda k, v: _number(k, v, minimum=1, maximum=60 * 24 * 30),
+    "event_log_max_mb": lambda k, v: _number(k, v, minimum=0.1, maximum=1024),
 }
 
 
@@ -123,6 +147,8 @@ def parse_config(raw: Any, base_dir: Path, source: Path | None = None) -> Config
     values: dict[str, Any] = {}
     for key, value in raw.items():
         values[key] = _VALIDATORS[key](key, value)
+    if values.get("cooldown_max_seconds", 300.0) < values.get("cooldown_base_seconds", 5.0):
+        raise ConfigError("cooldown_max_seconds: must not be below cooldown_base_seconds")
     values["pool_dir"] = (base_dir / values.get("pool_dir", _DEFAULT_POOL_DIR)).resolve()
     values["data_dir"] = (base_dir / values.get("data_dir", _DEFAULT_DATA_DIR)).resolve()
     return Config(**values, source=source)

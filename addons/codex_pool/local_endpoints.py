@@ -3,6 +3,7 @@
 - `GET /healthz`: 200 with counts while at least one account is usable, else 503 with the reason.
 - `GET /admin/accounts`: every pool file with its state; never a token.
 - `POST /admin/reload`: re-read the pool folder now.
+- `POST /admin/accounts/<name>/pin|unpin|disable|enable`: steer one account.
 
 Admin endpoints answer loopback clients only, unless `admin_token` is set in mitm.yaml; then
 they require `Authorization: Bearer <admin_token>` from everyone.
@@ -68,7 +69,7 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
         }
         if usable:
             return _reply(flow, 200, json_body({"status": "ok", **counts}))
-        return _reply(flow, 503, json_body({"status": "unavailable", "reason": registry.why_none_usable(now), **counts}))
+        return _reply(flow, 503, json_body({"status": "unavailable", "reason": addon.router.unavailable(now).message, **counts}))
 
     refused = admin_allowed(flow, addon.config.admin_token if addon.config else None)
     if refused:
@@ -96,4 +97,18 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
                 }
             ),
         )
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[:2] == ["admin", "accounts"] and parts[3] in ACCOUNT_ACTIONS:
+        if method != "POST":
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", f"use POST {path}"))
+        name, action = parts[2], parts[3]
+        if name not in registry.accounts:
+            known = ", ".join(sorted(registry.accounts)) or "none"
+            return _reply(flow, 404, error_body("not_found", "unknown_account", f"no pool account {name!r}; accounts: {known}"))
+        addon.account_action(name, action)
+        row = next(r for r in registry.describe(time.time(), addon.router.sticky.counts(time.time())) if r["name"] == name)
+        return _reply(flow, 200, json_body({"action": action, "pinned": addon.router.pinned, "account": row}))
     return _reply(flow, 404, error_body("not_found", "not_found", f"no local endpoint {method} {path}; see README"))
+
+
+ACCOUNT_ACTIONS = ("pin", "unpin", "disable", "enable")

@@ -1,14 +1,20 @@
-"""Routing one request: conversation → account, with stickiness and the selection policy.
+"""Routing one request: conversation → account, with stickiness, failover exclusions and the policy.
 
 Pure (no mitmproxy, no I/O): the addon hands in the hashed conversation key and the clock.
+
+A conversation whose account is briefly out (cooling, or limited for less than
+`repin_after`) is served by a stand-in and keeps its pin, so it returns to its warm prompt
+cache afterwards; an account out for longer, disabled or gone loses the conversation for good.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from .accounts import AccountRegistry
+from .accounts import AccountRegistry, iso
 from .auth_file import Account
+from .health import COOLING, DISABLED, LIMITED
 from .selection import choose
 from .stickiness import StickyMap
 
@@ -16,18 +22,21 @@ from .stickiness import StickyMap
 @dataclass(frozen=True)
 class Route:
     account: Account
-    reason: str  # "pinned" | "sticky" | policy name
+    reason: str  # "pinned" | "sticky" | "standin" | "repinned" | policy name
     conversation: str | None  # hashed key
+    pinned_to: str | None = None  # the conversation's own account when a stand-in serves
 
 
 @dataclass(frozen=True)
 class NoRoute:
-    """No account can serve: the local answer to give instead."""
+    """No account can serve: the honest local answer to give instead."""
 
     status: int
     type: str
     code: str
     message: str
+    retry_after: int | None = None
+    extra: dict = field(default_factory=dict)  # more error fields, e.g. resets_at
 
 
 @dataclass
@@ -43,36 +52,110 @@ class Router:
     look-ups, ...) are spread in separate lanes, so the chatter of keyless requests between two
     conversations does not decide where the next conversation lands."""
 
-    def __init__(self, registry: AccountRegistry, policy: str, sticky_ttl: float):
+    def __init__(self, registry: AccountRegistry, policy: str, sticky_ttl: float, repin_after: float = 600.0):
         self.registry = registry
         self.policy = policy
+        self.repin_after = repin_after
         self.sticky = StickyMap(sticky_ttl)
         self.pinned: str | None = None
         self._lanes = {"conversation": _Lane(), "keyless": _Lane()}
 
-    def reconfigure(self, policy: str, sticky_ttl: float) -> None:
+    def reconfigure(self, policy: str, sticky_ttl: float, repin_after: float | None = None) -> None:
         self.policy = policy
         self.sticky.ttl = sticky_ttl
+        if repin_after is not None:
+            self.repin_after = repin_after
 
-    def route(self, conversation: str | None, now: float) -> Route | NoRoute:
+    def keeps_pin(self, name: str, now: float) -> bool:
+        """Whether a conversation pinned to `name` keeps that pin while someone else stands in."""
+        account = self.registry.accounts.get(name)
+        if account is None or account.expired(now):
+            return False
+        h = self.registry.health.peek(name)
+        if h.state == DISABLED:
+            return False
+        return self.registry.health.out_for(name, now) <= self.repin_after
+
+    def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
         lane = self._lanes["conversation" if conversation else "keyless"]
-        candidates = self.registry.candidates(now, lane.last_picked)
-        sticky = self.sticky.get(conversation, now) if conversation else None
+        candidates = [c for c in self.registry.candidates(now, lane.last_picked) if c.name not in exclude]
+        usable = {c.name for c in candidates}
+        pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
+        standin_for = None
+        if pin_of_conversation is not None and pin_of_conversation not in usable:
+            if self.keeps_pin(pin_of_conversation, now):
+                standin_for = pin_of_conversation
+        pinned = self.pinned if self.pinned in usable else None
         choice = choose(
             candidates,
             policy=self.policy,
-            sticky=sticky,
-            pinned=self.pinned,
+            sticky=pin_of_conversation if pin_of_conversation in usable else None,
+            pinned=pinned,
             last_policy_choice=lane.last_choice,
         )
         if choice is None:
-            return NoRoute(503, "no_accounts", "no_accounts", self.registry.why_none_usable(now))
+            return self.unavailable(now, exclude)
+        reason = choice.reason
         if choice.reason == self.policy:
             lane.last_choice = choice.name
             lane.last_picked[choice.name] = now
+            if standin_for is not None:
+                reason = "standin"
+            elif pin_of_conversation is not None:
+                reason = "repinned"
         if conversation:
-            self.sticky.put(conversation, choice.name, now)
+            self.sticky.put(conversation, standin_for or choice.name, now)
         rt = self.registry.rt(choice.name)
         rt.last_used = now
         rt.requests += 1
-        return Route(self.registry.accounts[choice.name], choice.reason, conversation)
+        return Route(self.registry.accounts[choice.name], reason, conversation, standin_for)
+
+    def has_alternative(self, now: float, exclude: frozenset[str]) -> bool:
+        return any(name not in exclude for name in self.registry.usable_names(now))
+
+    def unavailable(self, now: float, exclude: frozenset[str] = frozenset()) -> NoRoute:
+        """Why nothing can serve, as the answer a client can act on.
+
+        Every account limited → 429 `usage_limit_reached` with the earliest reset in the pool (Codex
+        prints that time). Some only cooling down → 503 with Retry-After until the first is back.
+        Otherwise 503 `no_accounts` saying why (pool empty, files invalid, all disabled)."""
+        reg = self.registry
+        label = reg.pool_label
+        if reg.folder_error:
+            return NoRoute(503, "no_accounts", "no_accounts", f"the pool folder is unusable: {reg.folder_error}")
+        if not reg.accounts:
+            if reg.problems:
+                names = ", ".join(p.path.name for p in list(reg.problems.values())[:5])
+                msg = f"{label} has no usable account: every file is invalid ({names}); see the proxy log, fix or replace them"
+            else:
+                msg = f"{label} has no usable account — drop a Codex auth.json there (or POST /admin/reload after adding one)"
+            return NoRoute(503, "no_accounts", "no_accounts", msg)
+        usable = reg.usable_names(now)
+        if usable:  # usable accounts exist, but this request already tried them
+            return NoRoute(503, "no_accounts", "no_accounts",
+                           f"every usable pool account already failed this request ({', '.join(sorted(exclude))}); retry",
+                           retry_after=1)
+        limited, cooling, out = [], [], []
+        for name in sorted(reg.accounts):
+            h = reg.health.peek(name)
+            if h.state == LIMITED and h.until:
+                limited.append((h.until, name))
+            elif h.state == COOLING and h.until:
+                cooling.append((h.until, name))
+            else:
+                out.append(f"{name}: {reg.unusable_reason(name, now)}")
+        if cooling:
+            first_back, who = min(cooling)
+            wait = max(1, math.ceil(first_back - now))
+            parts = [f"{n} cooling down until {iso(u)}" for u, n in cooling] + [f"{n} limited until {iso(u)}" for u, n in limited] + out
+            return NoRoute(503, "no_accounts", "no_accounts",
+                           f"no pool account can serve right now; {who} should be back in {wait}s ({'; '.join(parts)})",
+                           retry_after=wait)
+        if limited:
+            resets_at, who = min(limited)
+            return NoRoute(
+                429, "usage_limit_reached", "usage_limit_reached",
+                f"Every pool account has hit its usage limit; the first to reset is {who} at {iso(resets_at)}.",
+                extra={"resets_at": int(math.ceil(resets_at)), "resets_in_seconds": max(0, int(math.ceil(resets_at - now)))},
+            )
+        return NoRoute(503, "no_accounts", "no_accounts", "no pool account is usable: " + "; ".join(out[:10]))

@@ -74,3 +74,75 @@ def test_pin_wins_while_usable():
     router = Router(registry("a", "b"), "fill_first", 60)
     router.pinned = "b"
     assert router.route("k", time.time()).account.name == "b"
+
+
+from codex_pool.outcome import Verdict
+
+COOL = Verdict("cooldown", "server_error_503")
+
+
+def test_brief_outage_is_served_by_a_standin_and_the_pin_stays():
+    reg = registry("a", "b")
+    router = Router(reg, "fill_first", 3600, repin_after=600)
+    now = time.time()
+    assert router.route("k", now).account.name == "a"
+    reg.health.apply("a", COOL, now)  # 5 s cooldown
+    standin = router.route("k", now + 1)
+    assert (standin.account.name, standin.reason, standin.pinned_to) == ("b", "standin", "a")
+    back = router.route("k", now + 10)
+    assert (back.account.name, back.reason) == ("a", "sticky")  # home again, warm cache
+
+
+def test_long_outage_or_disable_moves_the_pin():
+    reg = registry("a", "b")
+    router = Router(reg, "fill_first", 86400, repin_after=600)
+    now = time.time()
+    router.route("k", now)
+    reg.health.apply("a", Verdict("limited", "usage_limit_reached", until=now + 7200), now)
+    moved = router.route("k", now + 1)
+    assert (moved.account.name, moved.reason, moved.pinned_to) == ("b", "repinned", None)
+    reg.health.tick(now + 7201)
+    assert router.route("k", now + 7202).account.name == "b"  # stays on its new account
+    router2 = Router(registry("a", "b"), "fill_first", 3600)
+    router2.route("j", now)
+    router2.registry.health.disable("a", "manual", now)
+    assert router2.route("j", now + 1).reason == "repinned"
+
+
+def test_exclusions_skip_tried_accounts():
+    router = Router(registry("a", "b", "c"), "fill_first", 3600)
+    now = time.time()
+    assert router.route("k", now, exclude=frozenset({"a"})).account.name == "b"
+    assert router.route(None, now, exclude=frozenset({"a", "b"})).account.name == "c"
+    none = router.route(None, now, exclude=frozenset({"a", "b", "c"}))
+    assert isinstance(none, NoRoute) and none.status == 503 and none.retry_after == 1
+
+
+def test_every_account_limited_gives_429_with_the_earliest_reset():
+    reg = registry("a", "b", "c")
+    now = time.time()
+    reg.health.apply("a", Verdict("limited", "usage_limit_reached", until=now + 5000), now)
+    reg.health.apply("b", Verdict("limited", "usage_limit_reached", until=now + 900), now)
+    reg.health.disable("c", "manual", now)
+    answer = Router(reg, "fill_first", 60).route("k", now)
+    assert (answer.status, answer.type, answer.code) == (429, "usage_limit_reached", "usage_limit_reached")
+    assert answer.extra["resets_at"] == int(now + 900) + (0 if (now + 900).is_integer() else 1)
+    assert "b at" in answer.message
+
+
+def test_cooling_accounts_give_503_with_retry_after():
+    reg = registry("a", "b")
+    now = time.time()
+    reg.health.apply("a", COOL, now)
+    reg.health.apply("b", Verdict("limited", "usage_limit_reached", until=now + 900), now)
+    answer = Router(reg, "fill_first", 60).route("k", now)
+    assert answer.status == 503 and answer.type == "no_accounts" and 1 <= answer.retry_after <= 5
+    assert "a cooling down until" in answer.message and "b limited until" in answer.message
+
+
+def test_all_disabled_says_why_and_what_to_do():
+    reg = registry("a")
+    now = time.time()
+    reg.health.apply("a", Verdict("auth", "unauthorized", disable_as="reauth_required"), now)
+    answer = Router(reg, "fill_first", 60).route(None, now)
+    assert answer.status == 503 and "disabled (reauth_required)" in answer.message and "replace a.json" in answer.message

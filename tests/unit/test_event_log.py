@@ -1,0 +1,53 @@
+import asyncio
+import json
+import os
+
+from codex_pool.event_log import EventLog
+from tests.support.tokens import make_jwt
+
+
+def test_lines_are_json_redacted_and_private(tmp_path):
+    log = EventLog(tmp_path / "d" / "events.jsonl")
+    token = make_jwt({"sub": "x"})
+    log.emit("account.cooldown", account="alice", reason="server_error_503", until=1_800_000_000.0,
+             detail=f"Bearer {token}", skipped=None)
+    assert log.flush() == 1
+    path = tmp_path / "d" / "events.jsonl"
+    [line] = path.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["event"] == "account.cooldown" and entry["account"] == "alice"
+    assert entry["until"].endswith("Z") and "skipped" not in entry and token not in line
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_rotation_by_size_keeps_backups(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path, max_bytes=300, backups=2)
+    for i in range(40):
+        log.emit("request.account_selected", account="a", attempt=i)
+        log.flush()
+    assert path.exists() and (tmp_path / "events.jsonl.1").exists() and (tmp_path / "events.jsonl.2").exists()
+    assert not (tmp_path / "events.jsonl.3").exists()
+    assert path.stat().st_size <= 300
+
+
+def test_queue_is_bounded_and_unwritable_path_does_not_raise(tmp_path):
+    (tmp_path / "file").write_text("x")
+    log = EventLog(tmp_path / "file" / "events.jsonl", max_queue=3)
+    for i in range(5):
+        log.emit("e", i=i)
+    assert log.dropped == 2
+    assert log.flush() == 0 and log.dropped == 5
+
+
+async def test_run_flushes_on_cancel(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    task = asyncio.create_task(log.run(interval=60))
+    await asyncio.sleep(0)
+    log.emit("x")
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    assert "x" in (tmp_path / "events.jsonl").read_text()
