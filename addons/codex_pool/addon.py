@@ -473,8 +473,10 @@ class CodexPool:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, _describe(e))
 
     def _judge_ws_error(self, flow: http.HTTPFlow, meta: dict, message, frame: dict) -> None:
-        """An error frame from upstream: mark the account; a usage limit the client would treat as
-        fatal becomes a retryable error while another account can serve (its new socket lands there)."""
+        """An error frame from upstream: mark the account, then rewrite the frame the way `_judge`
+        rewrites an HTTP answer. While another account can serve, the client gets a retryable 503
+        frame (its new socket lands elsewhere); otherwise the pool's honest answer (429 with the
+        earliest reset when every account is limited, 503 saying why) — never an account's 401."""
         now = time.time()
         account = meta["account"]
         verdict = classify_ws_error(frame, now, self._latest_limits(account))
@@ -482,18 +484,20 @@ class CodexPool:
         if not verdict.failed:
             return
         meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
-        if verdict.kind == "limited" and self.router.has_alternative(now, frozenset({account})):
-            message.content = json.dumps({
-                "type": "error",
-                "status": 503,
-                "error": {"type": "server_error", "code": "account_switch",
-                          "message": f"pool account {account} hit its usage limit; reconnect to continue on another account"},
-            }).encode()
+        if self.router.has_alternative(now, frozenset({account})):
+            status, err = 503, {"type": "server_error", "code": "account_switch",
+                                "message": f"pool account {account} failed ({verdict.reason}); reconnect to continue on another account"}
             meta["failover"] = verdict.reason
             self._emit("request.failover", account=account, reason=verdict.reason, status=frame.get("status"),
                        conversation=meta.get("conversation"), transport="websocket")
             flow.comment = f"{flow.comment} · failed over ({verdict.reason})"
-            flow.marked = ":warning:"
+        else:
+            no_route = self.router.unavailable(now, frozenset({account}))
+            status, err = no_route.status, {"type": no_route.type, "code": no_route.code, "message": no_route.message,
+                                            **no_route.extra}
+            flow.comment = f"{flow.comment} · {verdict.reason} → {status} {no_route.code}"
+        message.content = json.dumps({"type": "error", "status": status, "error": err}).encode()
+        flow.marked = ":warning:"
 
     def account_action(self, name: str, action: str) -> None:
         """Admin steering: pin (every request goes there while usable), unpin, disable, enable."""
