@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from .auth_file import Account
 from .health import DISABLED, HealthBook, HealthEvent
 from .pool_folder import PoolScan, Problem
-from .quota import RateLimits
+from .quota import QuotaTracker, RateLimits
 from .selection import Candidate
 
 
@@ -24,7 +24,11 @@ class Runtime:
     last_used: float = 0.0
     requests: int = 0
     in_flight: int = 0
-    rate_limits: RateLimits | None = None
+    quota: QuotaTracker = field(default_factory=QuotaTracker)
+
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        return self.quota.latest
 
 
 @dataclass
@@ -38,12 +42,17 @@ class AccountRegistry:
     pool_label: str = "pool/"  # how messages name the pool folder
 
     health: HealthBook = field(default_factory=HealthBook)
+    superseded: set[str] = field(default_factory=set)  # refresh tokens we rotated away from
 
     def apply_scan(self, scan: PoolScan, now: float | None = None) -> list[HealthEvent]:
         """Take a new view of the pool folder. A file whose tokens changed clears an auth problem."""
         now = time.time() if now is None else now
         previous = self.accounts
         self.accounts = dict(scan.accounts)
+        for name, account in self.accounts.items():  # a scan that raced our own write-back
+            current = previous.get(name)
+            if current is not None and account.refresh_token in self.superseded and current.refresh_token != account.refresh_token:
+                self.accounts[name] = current
         self.problems = dict(scan.problems)
         self.duplicates = dict(scan.duplicates)
         self.shadowed = dict(scan.shadowed)
@@ -92,14 +101,14 @@ class AccountRegistry:
                 Candidate(
                     name=name,
                     last_used=last_picked.get(name, 0.0),
-                    headroom=rt.rate_limits.headroom(now) if rt and rt.rate_limits else None,
+                    headroom=rt.quota.effective_headroom(now) if rt else None,
                 )
             )
         return out
 
     def record_rate_limits(self, name: str, limits: RateLimits) -> None:
         if name in self.accounts:
-            self.rt(name).rate_limits = limits
+            self.rt(name).quota.record(limits)
 
     def describe(self, now: float, sticky_counts: dict[str, int]) -> list[dict]:
         """Admin view of every pool file: served accounts, duplicates and invalid files. No tokens."""
@@ -127,7 +136,7 @@ class AccountRegistry:
                     "requests": rt.requests,
                     "in_flight": rt.in_flight,
                     "sticky_conversations": sticky_counts.get(name, 0),
-                    "rate_limits": rt.rate_limits.to_dict() if rt.rate_limits else None,
+                    "rate_limits": rt.quota.to_dict(now),
                 }
             )
         for name, served in sorted(self.duplicates.items()):

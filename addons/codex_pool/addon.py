@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import httpx
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from . import conversation, failover, local_endpoints, paths, quota
 from .accounts import AccountRegistry
@@ -27,6 +29,9 @@ from .health import HealthEvent, HealthPolicy
 from .local_answer import error_body
 from .outcome import OK, Verdict, classify_http, classify_stream_failure, classify_transport_error, classify_ws_error
 from .pool_folder import PoolFolder, PoolScan
+from .refresher import PERMANENT, RefreshResult, Refresher
+from .token_keeper import TokenKeeper
+from .usage_poller import UsagePoller
 from .redact import is_client_credential, redact
 from .router import NoRoute, Route, Router
 from .sse import SSETap
@@ -53,6 +58,11 @@ class CodexPool:
         self.chains = failover.Chains()
         self.events: EventLog | None = None
         self._events_task: asyncio.Task | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.keeper: TokenKeeper | None = None
+        self.poller: UsagePoller | None = None
+        self._background: set[asyncio.Task] = set()
+        self._refreshed_after_401: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -92,17 +102,73 @@ class CodexPool:
                 "/healthz and /admin/* fail while the upstream is unreachable; run with --set connection_strategy=lazy"
             )
         self._scan_lock = asyncio.Lock()
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            trust_env=False,
+            headers={"user-agent": "codex-pool"},
+        )
+        self._make_token_services()
         self._task = asyncio.create_task(self._watch())
+        self._spawn(self._keep_tokens())
+        self._spawn(self._poll_usage())
         if self.events is not None:
             self._events_task = asyncio.create_task(self.events.run())
 
     def done(self) -> None:
-        for task in (self._task, self._events_task):
+        for task in (self._task, self._events_task, *self._background):
             if task is not None:
                 task.cancel()
         self._task = self._events_task = None
+        self._background.clear()
         if self.events is not None:
             self.events.flush()
+        if self.http is not None:
+            client, self.http = self.http, None
+            try:
+                asyncio.get_running_loop().create_task(client.aclose())
+            except RuntimeError:
+                pass
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _make_token_services(self) -> None:
+        """(Re)build the refresher and usage poller for the current settings."""
+        if self.http is None or self.config is None:
+            return
+        config = self.config
+        refresher = Refresher(self.http, config.token_url, config.client_id)
+        if self.keeper is None:
+            self.keeper = TokenKeeper(refresher, config.refresh_margin_minutes * 60)
+        else:
+            self.keeper.refresher.token_url, self.keeper.refresher.client_id = config.token_url, config.client_id
+            self.keeper.margin = config.refresh_margin_minutes * 60
+        base = self._upstream_base()
+        if config.usage_poll_seconds > 0 and base:
+            if self.poller is None or self.poller.base_url != base.rstrip("/"):
+                self.poller = UsagePoller(self.http, base, config.usage_poll_seconds)
+            self.poller.interval = config.usage_poll_seconds
+        else:
+            self.poller = None
+
+    @staticmethod
+    def _upstream_base() -> str | None:
+        """The reverse-proxy target (e.g. https://chatgpt.com), for our own calls to it."""
+        for spec in getattr(ctx.options, "mode", []) or []:
+            try:
+                mode = ProxyMode.parse(spec)
+            except ValueError:
+                continue
+            if isinstance(mode, ReverseMode):
+                host, port = mode.address
+                default = 443 if mode.scheme in ("https", "http3", "tls", "dtls") else 80
+                scheme = "https" if mode.scheme in ("https", "http3") else "http"
+                return f"{scheme}://{host}" + ("" if port == default else f":{port}")
+        return None
 
     def _read_config(self, path: Path) -> Config:
         if not path.exists() and str(path) == DEFAULT_CONFIG:
@@ -130,6 +196,7 @@ class CodexPool:
             self.registry.pool_label = f"{config.pool_dir}/"
         if previous is None or previous.data_dir != config.data_dir:
             self.secret = _load_secret(config.data_dir)
+        self._make_token_services()
 
     async def _watch(self) -> None:
         """Background loop: pool folder changes, mitm.yaml edits, sticky-map pruning."""
@@ -146,6 +213,76 @@ class CodexPool:
                 raise
             except Exception as e:  # never let the watcher die
                 log.error("codex-pool: background check failed: %s", _describe(e))
+
+    async def _keep_tokens(self) -> None:
+        """Background: refresh accounts whose access token is about to expire."""
+        while True:
+            try:
+                now = time.time()
+                if self.keeper is not None:
+                    skip = {n for n in self.registry.accounts if self.registry.health.peek(n).state == "disabled"}
+                    for account, reason in self.keeper.due(self.registry.accounts, now, skip):
+                        self._spawn(self.refresh_account(account.name, reason))
+            except Exception as e:
+                log.error("codex-pool: token check failed: %s", _describe(e))
+            await asyncio.sleep(5.0)
+
+    async def refresh_account(self, name: str, reason: str) -> RefreshResult | None:
+        """Refresh one account now (shared with any refresh already running for it) and apply it."""
+        account = self.registry.accounts.get(name)
+        if account is None or self.keeper is None:
+            return None
+        result = await self.keeper.refresh(account, reason, time.time())
+        self._apply_refresh(account, result, reason)
+        return result
+
+    def _apply_refresh(self, before, result: RefreshResult, reason: str) -> None:
+        name = before.name
+        now = time.time()
+        if result.ok and result.account is not None:
+            if before.refresh_token and result.account.refresh_token != before.refresh_token:
+                self.registry.superseded.add(before.refresh_token)
+            if name in self.registry.accounts:
+                self.registry.accounts[name] = result.account
+            self._health_events(self.registry.health.file_replaced(name, now))
+            if self.poller is not None:
+                self.poller.resume(name)
+            self._emit("account.refreshed", account=name, how=result.outcome, reason=reason,
+                       expires_at=result.account.access_expires_at)
+            log.info("codex-pool: %s tokens %s (%s)", name, result.outcome, reason)
+        elif result.outcome == PERMANENT:
+            detail = f"token refresh failed ({result.code}); replace {before.path.name} with a fresh `codex login`"
+            self._health_events(self.registry.health.disable(name, "reauth_required", now, detail))
+            self._emit("account.refresh_failed", account=name, code=result.code, permanent=True)
+        else:
+            log.warning("codex-pool: refreshing %s failed (%s: %s); will retry", name, result.code, result.detail)
+            self._emit("account.refresh_failed", account=name, code=result.code, permanent=False)
+
+    async def _poll_usage(self) -> None:
+        """Background: quota figures per account from /backend-api/wham/usage, spread over time."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                poller = self.poller
+                if poller is None:
+                    continue
+                now = time.time()
+                usable = [n for n in self.registry.accounts
+                          if self.registry.health.peek(n).state != "disabled" and not self.registry.accounts[n].expired(now)]
+                poller.schedule(usable, now)
+                for name in poller.due(now)[:4]:
+                    account = self.registry.accounts.get(name)
+                    if account is None:
+                        continue
+                    result = await poller.poll(account, now)
+                    if result.kind == "ok" and result.limits is not None:
+                        self.registry.record_rate_limits(name, result.limits)
+                    elif result.kind == "unauthorized":
+                        self._spawn(self.refresh_account(name, "unauthorized_recovery"))
+                    elif result.kind == "forbidden":
+                        log.info("codex-pool: usage polling paused for %s (403); the account stays in service", name)
+            except Exception as e:
+                log.error("codex-pool: usage poll failed: %s", _describe(e))
 
     async def _reload_config_if_changed(self) -> None:
         config = self.config
@@ -266,6 +403,7 @@ class CodexPool:
             "pinned_to": route.pinned_to,
             "chain": chain.id,
             "attempt": attempt,
+            "token": _fingerprint(route.account.access_token),
             "in_flight": True,
         }
         conv = f" · conv {route.conversation[:8]}" if route.conversation else ""
@@ -316,7 +454,7 @@ class CodexPool:
         except Exception as e:
             log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, _describe(e))
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
         if not isinstance(meta, dict) or flow.response is None or "status" in meta:
             return
@@ -333,11 +471,50 @@ class CodexPool:
                 verdict = classify_http(flow.response.status_code, flow.response.headers,
                                         flow.response.get_content(strict=False) if flow.response.status_code >= 400 else None,
                                         now, self._latest_limits(meta["account"]))
+            verdict = await self._recover_unauthorized(meta, verdict)
+            if verdict.kind == "retry":
+                self._allow_again(meta, meta["account"])
             self._judge(flow, meta, verdict, now, answer_sent=tap is not None)
             if flow.websocket is None:
                 self._finish(flow)
         except Exception as e:
             log.error("codex-pool: response hook failed on %s: %s", flow.request.path, _describe(e))
+
+    async def _recover_unauthorized(self, meta: dict, verdict: Verdict) -> Verdict:
+        """A 401 first tries a refresh (shared with any other in flight). With fresh tokens the
+        request is served again on the same account ("retry": the account is not to blame); a 401
+        on tokens refreshed for that very reason within the last minute is a real auth problem."""
+        if verdict.reason != "unauthorized" or self.keeper is None:
+            return verdict
+        name = meta["account"]
+        account = self.registry.accounts.get(name)
+        if account is None or not account.refresh_token:
+            return verdict
+        now = time.time()
+        if _fingerprint(account.access_token) == meta.get("token"):
+            last = self._refreshed_after_401.get(name)
+            if last is not None and now - last < 60:
+                return verdict
+            try:
+                result = await asyncio.wait_for(self.refresh_account(name, "unauthorized_recovery"), 20.0)
+            except asyncio.TimeoutError:
+                return Verdict("cooldown", "refresh_timeout", "the token refresh after a 401 took too long")
+            if result is None:
+                return verdict
+            if not result.ok:
+                if result.outcome == PERMANENT:
+                    return Verdict("neutral", "unauthorized")  # _apply_refresh disabled it, saying why
+                return Verdict("cooldown", "refresh_failed", result.detail)
+            self._refreshed_after_401[name] = time.time()
+        return Verdict("retry", "token_refreshed", "retrying with refreshed tokens")
+
+    def _allow_again(self, meta: dict, name: str) -> None:
+        """Let a failover chain use `name` once more (its tokens were just refreshed)."""
+        chain = self.chains.resolve(meta.get("chain"), time.time())
+        if name not in chain.refreshed:
+            chain.refreshed.add(name)
+            if name in chain.tried:
+                chain.tried.remove(name)
 
     def _stream_verdict(self, tap: SSETap, now: float, account: str) -> Verdict:
         observer = tap.observer
@@ -362,7 +539,7 @@ class CodexPool:
         chain = self.chains.resolve(meta.get("chain"), now)
         action = failover.decide(
             verdict,
-            attempt=meta.get("attempt", 1),
+            attempt=max(1, len(chain.tried)),  # distinct accounts tried: a retry after a refresh is free
             max_attempts=self.config.max_attempts if self.config else 3,
             has_alternative=self.router.has_alternative(now, frozenset(chain.tried)),
             answer_sent=answer_sent,
@@ -444,7 +621,7 @@ class CodexPool:
 
     # ---- WebSocket -------------------------------------------------------------------------
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get(META)
         if not isinstance(meta, dict) or flow.websocket is None:
             return
@@ -460,7 +637,7 @@ class CodexPool:
             seen_limits = len(observer.rate_limits)
             observer.observe_json(message.content)
             if observer.error is not None:
-                self._judge_ws_error(flow, meta, message, observer.error)
+                await self._judge_ws_error(flow, meta, message, observer.error)
             if observer.terminal:
                 self._absorb_turn(flow, meta, observer, None)
                 meta["ws_turns"] = meta.get("ws_turns", 0) + 1
@@ -472,7 +649,7 @@ class CodexPool:
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, _describe(e))
 
-    def _judge_ws_error(self, flow: http.HTTPFlow, meta: dict, message, frame: dict) -> None:
+    async def _judge_ws_error(self, flow: http.HTTPFlow, meta: dict, message, frame: dict) -> None:
         """An error frame from upstream: mark the account, then rewrite the frame the way `_judge`
         rewrites an HTTP answer. While another account can serve, the client gets a retryable 503
         frame (its new socket lands elsewhere); otherwise the pool's honest answer (429 with the
@@ -480,11 +657,12 @@ class CodexPool:
         now = time.time()
         account = meta["account"]
         verdict = classify_ws_error(frame, now, self._latest_limits(account))
+        verdict = await self._recover_unauthorized(meta, verdict)
         self._health_events(self.registry.health.apply(account, verdict, now))
         if not verdict.failed:
             return
         meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
-        if self.router.has_alternative(now, frozenset({account})):
+        if verdict.kind == "retry" or self.router.has_alternative(now, frozenset({account})):
             status, err = 503, {"type": "server_error", "code": "account_switch",
                                 "message": f"pool account {account} failed ({verdict.reason}); reconnect to continue on another account"}
             meta["failover"] = verdict.reason
@@ -538,6 +716,13 @@ class CodexPool:
 
 def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json") -> None:
     flow.response = http.Response.make(status, body, {"content-type": content_type, "cache-control": "no-store"})
+
+
+def _fingerprint(token: str) -> str:
+    """A short non-reversible tag telling which access token a request went out with."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
 def _is_upgrade(flow: http.HTTPFlow) -> bool:

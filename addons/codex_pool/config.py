@@ -39,6 +39,9 @@ class Config:
     cooldown_max_seconds: float = 300.0
     usage_limit_default_minutes: float = 60.0
     event_log_max_mb: float = 5.0
+    refresh_margin_minutes: float = 60.0
+    client_id: str = "app_EMoamEEZ73f0CkXaXp7hrann"
+    usage_poll_seconds: float = 300.0
     source: Path | None = None  # the file this came from, None for built-in defaults
 
     @property
@@ -129,6 +132,9 @@ _VALIDATORS = {
     "cooldown_max_seconds": lambda k, v: _number(k, v, minimum=1, maximum=86400),
     "usage_limit_default_minutes": lambda k, v: _number(k, v, minimum=1, maximum=60 * 24 * 30),
     "event_log_max_mb": lambda k, v: _number(k, v, minimum=0.1, maximum=1024),
+    "refresh_margin_minutes": lambda k, v: _number(k, v, minimum=1, maximum=60 * 24 * 7),
+    "client_id": _string,
+    "usage_poll_seconds": lambda k, v: _number(k, v, minimum=0, maximum=86400),
 }
 
 

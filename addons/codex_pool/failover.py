@@ -33,14 +33,15 @@ class Chain:
     id: str
     tried: list[str] = field(default_factory=list)
     created: float = 0.0
+    refreshed: set[str] = field(default_factory=set)  # accounts given a second try after a token refresh
 
     @property
     def attempt(self) -> int:
         """The attempt number of the request being served now (1 = the first)."""
-        return len(self.tried) + 1
+        return len(self.tried) + len(self.refreshed) + 1
 
     def marker(self) -> str:
-        return f"{self.id}.{len(self.tried) + 1}"
+        return f"{self.id}.{self.attempt}"
 
 
 class Chains:

@@ -86,7 +86,7 @@ class HealthBook:
             events = self._recover(name, h, now, "success") if h.state in (COOLING, LIMITED) else []
             h.failures = 0
             return events
-        if verdict.kind == "neutral" or h.state == DISABLED:
+        if verdict.kind in ("neutral", "retry") or h.state == DISABLED:
             return []
         h.detail = verdict.detail or h.detail
         if h.out_since is None or h.state == USABLE:

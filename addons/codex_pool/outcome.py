@@ -34,7 +34,7 @@ MAX_DETAIL = 300
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # "ok" | "limited" | "cooldown" | "auth" | "neutral"
+    kind: str  # "ok" | "limited" | "cooldown" | "auth" | "neutral" | "retry" (serve again, account not to blame)
     reason: str  # short machine reason, e.g. "usage_limit_reached", "server_error", "unauthorized"
     detail: str = ""  # upstream's own words, trimmed (never a token: error bodies carry none)
     until: float | None = None  # limited: when the limit resets (unix s)
@@ -43,7 +43,7 @@ class Verdict:
 
     @property
     def failed(self) -> bool:
-        return self.kind in ("limited", "cooldown", "auth")
+        return self.kind in ("limited", "cooldown", "auth", "retry")
 
 
 OK = Verdict("ok", "ok")

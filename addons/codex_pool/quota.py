@@ -179,3 +179,97 @@ def from_usage_payload(payload: Any, now: float) -> RateLimits | None:
     if windows["primary"] is None and windows["secondary"] is None and credits is None:
         return None
     return RateLimits(windows["primary"], windows["secondary"], credits, now, "usage", plan)
+
+
+SOON_SECONDS = 3600.0  # an account predicted to run out within this much time is worth less
+NEAR_FULL = 95.0
+
+
+class QuotaTracker:
+    """One account's latest figures plus a short history, to estimate how fast it burns quota."""
+
+    def __init__(self, max_samples: int = 32):
+        self.latest: RateLimits | None = None
+        self._samples: list[RateLimits] = []
+        self._max = max_samples
+
+    def record(self, limits: RateLimits) -> None:
+        if self.latest is not None and limits.observed_at < self.latest.observed_at:
+            return
+        self.latest = _merged(self.latest, limits)
+        self._samples.append(self.latest)
+        del self._samples[: -self._max]
+
+    def burn_per_hour(self, which: str, now: float) -> float | None:
+        """Percent per hour used in the current window, from samples at least a minute apart."""
+        current = getattr(self.latest, which) if self.latest else None
+        if current is None:
+            return None
+        same = [s for s in self._samples if (w := getattr(s, which)) is not None and _same_window(w, current)]
+        if len(same) < 2:
+            return None
+        first, last = same[0], same[-1]
+        span = last.observed_at - first.observed_at
+        if span < 60:
+            return None
+        delta = getattr(last, which).used_percent - getattr(first, which).used_percent
+        return max(0.0, delta / span * 3600.0)
+
+    def seconds_to_exhaustion(self, which: str, now: float) -> float | None:
+        window = getattr(self.latest, which) if self.latest else None
+        rate = self.burn_per_hour(which, now)
+        if window is None or not rate:
+            return None
+        return (100.0 - window.used_now(now)) / rate * 3600.0
+
+    def effective_headroom(self, now: float) -> float | None:
+        """Headroom as selection should weigh it: an account about to hit a window (≥ 95 % used, or
+        predicted by its recent burn rate to run out within the hour and before the window resets)
+        counts for less."""
+        if self.latest is None:
+            return None
+        headroom = self.latest.headroom(now)
+        if headroom is None:
+            return None
+        for which in ("primary", "secondary"):
+            window = getattr(self.latest, which)
+            if window is None:
+                continue
+            left = 100.0 - window.used_now(now)
+            if 100.0 - left >= NEAR_FULL:
+                headroom = min(headroom, left / 4)
+            eta = self.seconds_to_exhaustion(which, now)
+            resets_in = (window.reset_at - now) if window.reset_at else float("inf")
+            if eta is not None and eta < SOON_SECONDS and eta < resets_in:
+                headroom = min(headroom, left * eta / SOON_SECONDS)
+        return headroom
+
+    def to_dict(self, now: float) -> dict | None:
+        if self.latest is None:
+            return None
+        out = self.latest.to_dict()
+        for which in ("primary", "secondary"):
+            rate = self.burn_per_hour(which, now)
+            if out.get(which) and rate is not None:
+                out[which]["burn_percent_per_hour"] = round(rate, 2)
+        return out
+
+
+def _same_window(a: Window, b: Window) -> bool:
+    if a.reset_at is None or b.reset_at is None:
+        return a.reset_at is None and b.reset_at is None
+    return abs(a.reset_at - b.reset_at) <= 120
+
+
+def _merged(old: RateLimits | None, new: RateLimits) -> RateLimits:
+    """A new observation, keeping what it does not say (e.g. a header set without credits)."""
+    if old is None:
+        return new
+    return RateLimits(
+        primary=new.primary or old.primary,
+        secondary=new.secondary or old.secondary,
+        credits=new.credits or old.credits,
+        observed_at=new.observed_at,
+        source=new.source,
+        plan=new.plan or old.plan,
+    )

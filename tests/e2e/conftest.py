@@ -14,6 +14,8 @@ def start(tmp_path):
         backend = FakeBackend(list(names), pool, extra=backend_extra)
         started.append(backend)
         cfg = config if config is not None else "pool_dir: pool\ndata_dir: data\npolicy: round_robin\n"
+        if "token_url" not in cfg:  # refreshes go to the simulated backend, never the real auth server
+            cfg += f"token_url: {backend.url}/oauth/token\n"
         proxy = Proxy(backend.url, tmp_path, cfg, extra=extra, scripts=scripts)
         started.append(proxy)
         return backend, proxy

@@ -44,7 +44,10 @@ ROWS = [
         {"alice": "limited"}),
     Row("other 403 is an auth problem", [fault("status", status=403, message="Forbidden", code="forbidden")], 200,
         ["alice", "bob"], {"alice": "disabled"}),
-    Row("401 never reaches the client", [fault("unauthorized")], 200, ["alice", "bob"], {"alice": "disabled"}),
+    Row("401 refreshes the account and serves the request on it", [fault("unauthorized")], 200, ["alice", "alice"],
+        {"alice": "usable", "bob": "usable"}),
+    Row("401 that survives a refresh disables the account, another serves", [fault("unauthorized", count=-1)], 200,
+        ["alice", "alice", "bob"], {"alice": "disabled", "bob": "usable"}),
     Row("plain 429 cools down, honouring Retry-After", [fault("status", status=429, retry_after=30, message="slow down")],
         200, ["alice", "bob"], {"alice": "cooling"}, check={"cooling_at_least": 25}),
     Row("5xx cools down", [fault("status", status=502)], 200, ["alice", "bob"], {"alice": "cooling"}),
@@ -66,7 +69,7 @@ ROWS = [
         [fault("status", status=503), fault("status", account="bob", status=500)], 503, ["alice", "bob"],
         {"alice": "cooling", "bob": "cooling"}, check={"type": "no_accounts", "retry_after": True}),
     Row("every account 401 → 503 saying why, never 401",
-        [fault("unauthorized"), fault("unauthorized", account="bob")], 503, ["alice", "bob"],
+        [fault("unauthorized", count=-1), fault("unauthorized", account="bob", count=-1)], 503, ["alice", "alice", "bob", "bob"],
         {"alice": "disabled", "bob": "disabled"}, check={"type": "no_accounts", "message": "reauth_required"}),
     Row("limit on one, other cooling → 503, not the account's usage limit",
         [fault("usage_limit", resets_in_seconds=3600), fault("status", account="bob", status=503)], 503, ["alice", "bob"],
@@ -183,8 +186,9 @@ def test_admin_pin_disable_enable(start):
 
 def test_replacing_the_file_brings_a_disabled_account_back(start, tmp_path):
     backend, proxy = start(["alice"], config=BASE)
-    backend.fault(kind="unauthorized", account="alice")
-    r = proxy.http.post("/backend-api/codex/responses", json=turn_body("x"), headers={"session-id": "x"})
+    backend.fault(kind="unauthorized", account="alice", count=2)  # the refreshed tokens are refused too
+    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
+    r = client.post("/backend-api/codex/responses", json=turn_body("x"), headers={"session-id": "x"})
     assert r.status_code == 503 and states(proxy)["alice"]["state"] == "disabled"
     fresh = backend.control("POST", "accounts/alice/login")
     (tmp_path / "pool" / "alice.json").write_text(json.dumps(fresh.get("auth", fresh)))
@@ -221,8 +225,15 @@ def test_websocket_401_frame_never_reaches_the_client(start):
     backend, proxy = start(["alice"], config=BASE)
     backend.fault(kind="ws_error", account="alice", status=401)
     [err] = [f for f in ws_turn(proxy, "ws-401") if f.get("type") == "error"]
+    assert err["status"] == 503 and err["error"]["code"] == "account_switch"  # retryable: tokens were refreshed
+    assert states(proxy)["alice"]["state"] == "usable"
+    assert ws_turn(proxy, "ws-401")[-1]["type"] == "response.completed"  # the new socket works
+    backend.fault(kind="ws_error", account="alice", status=401, count=-1)
+    # fresh tokens rejected too, within a minute: a real auth problem
+    [err] = [f for f in ws_turn(proxy, "ws-401") if f.get("type") == "error"]
     assert err["status"] == 503 and err["error"]["type"] == "no_accounts"
     assert states(proxy)["alice"]["state"] == "disabled"
+    assert backend.state()["accounts"]["alice"]["refresh_count"] == 1
 
 
 def test_event_log_records_the_story_without_secrets(start, tmp_path):

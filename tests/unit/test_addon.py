@@ -1,6 +1,7 @@
 """The addon class in-process (mitmproxy's own test harness, no network): hooks translate flows
 to the core correctly, log at the right level, and never raise."""
 
+import asyncio
 import json
 import logging
 
@@ -94,7 +95,7 @@ async def test_responseheaders_attaches_a_tap_and_redacts(pool):
         f.response.stream(b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":'
                           b'{"input_tokens":3,"output_tokens":2,"total_tokens":5}}}\n\n')
         f.response.stream(b"")
-        addon.response(f)
+        await addon.response(f)
     meta = f.metadata["codex_pool"]
     assert meta["turn"]["usage"]["total_tokens"] == 5 and meta["in_flight"] is False
     assert addon.registry.runtime["good"].in_flight == 0
@@ -107,13 +108,18 @@ async def test_hooks_ignore_foreign_or_broken_flows_without_raising(pool, hook):
     with taddons.context(addon) as tctx:
         await configured(tctx, addon, pool)
         plain = tflow.tflow(resp=True)
-        getattr(addon, hook)(plain)  # a flow the addon never routed
+        async def call(flow):
+            result = getattr(addon, hook)(flow)
+            if asyncio.iscoroutine(result):
+                await result
+
+        await call(plain)  # a flow the addon never routed
         broken = tflow.tflow(resp=True, err=True)
         broken.metadata["codex_pool"] = {"account": None, "in_flight": "odd"}  # inconsistent on purpose
-        getattr(addon, hook)(broken)
+        await call(broken)
         ws = tflow.twebsocketflow()
         ws.metadata["codex_pool"] = {"account": "gone", "in_flight": True}
-        getattr(addon, hook)(ws)
+        await call(ws)
 
 
 async def test_pool_config_changed_while_running_rescans_off_the_loop(pool, tmp_path):
