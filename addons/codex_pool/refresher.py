@@ -116,6 +116,9 @@ class Refresher:
             # could only earn refresh_token_reused, so wait for the file to change instead.
             return RefreshResult(TRANSIENT, None, "answer_lost", f"{type(e).__name__}; the refresh token may be spent")
         if resp.status_code != 200:
+            # The server answered without new tokens: the old one was not rotated, so a later
+            # retry (after a 5xx) may present it again.
+            self._presented.discard(disk.refresh_token)
             kind, code = refresh_policy.classify_failure(resp.status_code, resp.content)
             return RefreshResult(PERMANENT if kind == "permanent" else TRANSIENT, None, code,
                                  f"token endpoint answered {resp.status_code} ({code})")

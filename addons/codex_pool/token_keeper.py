@@ -14,6 +14,9 @@ from .auth_file import Account
 from .refresher import PERMANENT, RefreshResult, Refresher
 
 
+MIN_INTERVAL = 300.0  # seconds between proactive refreshes of one account
+
+
 @dataclass
 class _Retry:
     failures: int = 0
@@ -34,7 +37,7 @@ class TokenKeeper:
                 continue
             reason = refresh_policy.refresh_due(account, now, self.margin)
             retry = self._retry.get(name)
-            if reason and (retry is None or retry.next_at <= now):
+            if reason and (retry is None or retry.next_at <= now or account.expired(now)):
                 out.append((account, reason))
         return out
 
@@ -44,7 +47,11 @@ class TokenKeeper:
         return result
 
     def record(self, name: str, result: RefreshResult, now: float) -> None:
-        if result.ok or result.outcome == PERMANENT:
+        if result.ok:
+            # tokens that come back already inside the margin are not refreshed again at once
+            self._retry[name] = _Retry(0, now + MIN_INTERVAL, None)
+            return
+        if result.outcome == PERMANENT:
             self._retry.pop(name, None)
             return
         retry = self._retry.setdefault(name, _Retry())

@@ -57,3 +57,33 @@ def test_garbage_never_raises():
     for junk in (None, 1, "x", [], {"rate_limits": 5}, {"rate_limits": {"primary": "x"}}):
         assert quota.from_event(junk, NOW) is None
         assert quota.from_usage_payload(junk, NOW) is None
+
+
+def test_tracker_burn_rate_and_effective_headroom():
+    t = quota.QuotaTracker()
+    reset = NOW + 4 * 3600
+    for minutes, used in [(0, 40.0), (10, 50.0), (20, 60.0)]:
+        t.record(quota.RateLimits(quota.Window(used, 300, reset), None, None, NOW + minutes * 60, "headers"))
+    later = NOW + 20 * 60
+    assert round(t.burn_per_hour("primary", later)) == 60  # 20 points in 20 minutes
+    assert round(t.seconds_to_exhaustion("primary", later)) == 40 * 60
+    # 40 % left but gone in 40 minutes, well before the reset: worth 40 × 40/60
+    assert round(t.effective_headroom(later), 1) == round(40 * 40 / 60, 1)
+
+
+def test_tracker_near_full_and_new_window():
+    t = quota.QuotaTracker()
+    t.record(quota.RateLimits(quota.Window(96.0, 300, NOW + 3600), None, None, NOW, "headers"))
+    assert t.effective_headroom(NOW) == 1.0  # 4 % left counts as 1
+    t.record(quota.RateLimits(quota.Window(2.0, 300, NOW + 5 * 3600), None, None, NOW + 120, "event"))
+    assert t.burn_per_hour("primary", NOW + 120) is None  # a new window: no mixing with the old one
+    assert t.effective_headroom(NOW + 120) == 98.0
+
+
+def test_tracker_keeps_what_a_new_observation_does_not_say():
+    t = quota.QuotaTracker()
+    t.record(quota.RateLimits(None, quota.Window(10.0, 10080, None), quota.Credits(True, False, "5"), NOW, "usage", "plus"))
+    t.record(quota.RateLimits(quota.Window(3.0, 300, None), None, None, NOW + 1, "headers"))
+    assert t.latest.secondary.used_percent == 10.0 and t.latest.plan == "plus" and t.latest.primary.used_percent == 3.0
+    t.record(quota.RateLimits(quota.Window(50.0, 300, None), None, None, NOW - 100, "headers"))
+    assert t.latest.primary.used_percent == 3.0  # older news is ignored

@@ -1,0 +1,215 @@
+"""Refresh policy, the refresher (single flight, lock, adopt-on-disk, never twice) and the keeper.
+The token endpoint is an httpx.MockTransport here; end-to-end tests use the simulated backend."""
+
+import asyncio
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+
+from codex_pool import refresh_policy
+from codex_pool.auth_file import parse_auth
+from codex_pool.refresher import ADOPTED, PERMANENT, REFRESHED, TRANSIENT, Refresher
+from codex_pool.token_file import FileLock
+from codex_pool.token_keeper import TokenKeeper
+from tests.support.tokens import make_auth, make_jwt, write_auth
+
+NOW = time.time()
+
+
+def account(tmp_path, name="alice", **kw):
+    doc = make_auth(f"acct-{name}", **kw)
+    doc["unknown_key"] = {"kept": True}
+    path = write_auth(tmp_path, name, doc)
+    return parse_auth(path.read_bytes(), path)
+
+
+@pytest.mark.parametrize(
+    "exp_in,last_refresh_days,has_refresh,expected",
+    [
+        (7200, None, True, None),
+        (1800, None, True, "proactive_expiry"),
+        (-10, None, True, "proactive_expiry"),
+        (None, 9, True, "stale_last_refresh"),
+        (None, 1, True, None),
+        (1800, None, False, None),  # nothing to refresh with
+    ],
+)
+def test_refresh_due(tmp_path, exp_in, last_refresh_days, has_refresh, expected):
+    a = account(tmp_path, exp=NOW + exp_in if exp_in is not None else NOW + 10)
+    from dataclasses import replace
+
+    if exp_in is None:
+        a = replace(a, access_expires_at=None,
+                    last_refresh=datetime.now(timezone.utc) - timedelta(days=last_refresh_days))
+    if not has_refresh:
+        a = replace(a, refresh_token=None)
+    assert refresh_policy.refresh_due(a, NOW, margin=3600) == expected
+
+
+@pytest.mark.parametrize(
+    "status,body,expected",
+    [
+        (401, b'{"error": {"code": "whatever"}}', ("permanent", "whatever")),
+        (400, b'{"error": {"code": "refresh_token_reused", "message": "x"}}', ("permanent", "refresh_token_reused")),
+        (400, b'{"error": "invalid_grant", "error_description": "x"}', ("permanent", "invalid_grant")),
+        (400, b'{"code": "refresh_token_expired"}', ("permanent", "refresh_token_expired")),
+        (400, b'{"error": {"code": "refresh_token_invalidated"}}', ("permanent", "refresh_token_invalidated")),
+        (500, b"oops", ("transient", "http_500")),
+        (503, b'{"error": {"code": "temporarily_unavailable"}}', ("transient", "temporarily_unavailable")),
+        (None, None, ("transient", "network_error")),
+    ],
+)
+def test_failure_classification(status, body, expected):
+    assert refresh_policy.classify_failure(status, body) == expected
+
+
+class TokenServer:
+    """A token endpoint that rotates and rejects reuse, counting calls."""
+
+    def __init__(self, status=200, delay=0.0):
+        self.calls = []
+        self.status = status
+        self.delay = delay
+        self.used = set()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.calls.append(body)
+        await asyncio.sleep(self.delay)
+        if self.status != 200:
+            return httpx.Response(self.status, json={"error": {"code": "server_error"}})
+        if body["refresh_token"] in self.used:
+            return httpx.Response(401, json={"error": {"code": "refresh_token_reused"}})
+        self.used.add(body["refresh_token"])
+        n = len(self.calls)
+        return httpx.Response(200, json={
+            "access_token": make_jwt({"exp": int(NOW) + 864000, "n": n}),
+            "id_token": make_jwt({"email": "a@example.com", "https://api.openai.com/auth": {"chatgpt_account_id": "acct-alice"}}),
+            "refresh_token": f"rt_rotated_{n}_xxxxxxxx",
+        })
+
+
+def refresher_for(server):
+    client = httpx.AsyncClient(transport=httpx.MockTransport(server))
+    return Refresher(client, "https://auth.example.test/oauth/token")
+
+
+async def test_concurrent_needs_share_one_refresh_and_write_back_keeps_unknown_keys(tmp_path):
+    a = account(tmp_path)
+    server = TokenServer(delay=0.05)
+    r = refresher_for(server)
+    results = await asyncio.gather(*(r.refresh(a, "unauthorized_recovery") for _ in range(5)))
+    assert len(server.calls) == 1 and {x.outcome for x in results} == {REFRESHED}
+    assert server.calls[0]["grant_type"] == "refresh_token" and server.calls[0]["client_id"] == refresh_policy.CODEX_CLIENT_ID
+    doc = json.loads(a.path.read_text())
+    assert doc["unknown_key"] == {"kept": True} and doc["tokens"]["refresh_token"] == "rt_rotated_1_xxxxxxxx"
+    assert results[0].account.refresh_token == "rt_rotated_1_xxxxxxxx"
+    assert oct(a.path.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_tokens_changed_on_disk_are_adopted_without_a_call(tmp_path):
+    a = account(tmp_path)
+    newer = make_auth("acct-alice", refresh_token="rt_someone_else_rotated")
+    write_auth(tmp_path, "alice", newer)
+    server = TokenServer()
+    result = await refresher_for(server).refresh(a, "proactive_expiry")
+    assert result.outcome == ADOPTED and server.calls == []
+    assert result.account.refresh_token == "rt_someone_else_rotated"
+
+
+async def test_a_refresh_token_whose_answer_was_lost_is_never_presented_again(tmp_path):
+    a = account(tmp_path)
+    calls = []
+
+    def lost(request):
+        calls.append(1)
+        raise httpx.ReadTimeout("answer lost")
+
+    r = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(lost)), "https://x.test/token")
+    first = await r.refresh(a, "proactive_expiry")
+    assert first.outcome == TRANSIENT and first.code == "answer_lost" and len(calls) == 1
+    second = await r.refresh(a, "proactive_expiry")  # file unchanged, token maybe spent
+    assert second.outcome == TRANSIENT and second.code == "already_presented" and len(calls) == 1
+
+
+async def test_a_successful_refresh_token_is_not_presented_again(tmp_path):
+    a = account(tmp_path)
+    server = TokenServer()
+    r = refresher_for(server)
+    assert (await r.refresh(a, "p")).outcome == REFRESHED
+    again = await r.refresh(a, "p")  # a stale caller still holding the old tokens: adopts the new ones
+    assert again.outcome == ADOPTED and len(server.calls) == 1
+
+
+async def test_a_5xx_answer_may_be_retried_with_the_same_token(tmp_path):
+    a = account(tmp_path)
+    server = TokenServer(status=503)
+    r = refresher_for(server)
+    assert (await r.refresh(a, "p")).outcome == TRANSIENT
+    server.status = 200
+    assert (await r.refresh(a, "p")).outcome == REFRESHED and len(server.calls) == 2
+
+
+async def test_connect_errors_may_present_again(tmp_path):
+    a = account(tmp_path)
+    attempts = []
+
+    def refuse(request):
+        attempts.append(1)
+        raise httpx.ConnectError("refused")
+
+    r = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(refuse)), "https://x.test/token")
+    assert (await r.refresh(a, "p")).code == "network_error"
+    assert (await r.refresh(a, "p")).code == "network_error"
+    assert len(attempts) == 2
+
+
+async def test_permanent_failure(tmp_path):
+    a = account(tmp_path)
+
+    def reused(request):
+        return httpx.Response(400, json={"error": {"code": "refresh_token_reused"}})
+
+    r = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(reused)), "https://x.test/token")
+    result = await r.refresh(a, "p")
+    assert (result.outcome, result.code) == (PERMANENT, "refresh_token_reused")
+    assert json.loads(a.path.read_text())["tokens"]["refresh_token"] == a.refresh_token  # file untouched
+
+
+async def test_lock_held_elsewhere_times_out_as_transient(tmp_path):
+    a = account(tmp_path)
+    server = TokenServer()
+    r = refresher_for(server)
+    r.lock_timeout = 0.2
+    with FileLock(a.path):
+        result = await r.refresh(a, "p")
+    assert result.code == "lock_timeout" and server.calls == []
+
+
+async def test_keeper_backs_off_after_transient_failures(tmp_path):
+    a = account(tmp_path, exp=NOW + 60)
+    server = TokenServer(status=503)
+    keeper = TokenKeeper(refresher_for(server), margin=3600)
+    assert keeper.due({"alice": a}, NOW) == [(a, "proactive_expiry")]
+    await keeper.refresh(a, "proactive_expiry", NOW)
+    assert keeper.due({"alice": a}, NOW + 1) == []  # backing off
+    assert keeper.due({"alice": a}, NOW + 6) != []  # 5 s later it may try again
+    assert keeper.status("alice")["failures"] == 1
+
+
+async def test_keeper_does_not_refresh_again_right_after_a_success(tmp_path):
+    a = account(tmp_path, exp=NOW + 60)
+    keeper = TokenKeeper(refresher_for(TokenServer()), margin=3600)
+    result = await keeper.refresh(a, "proactive_expiry", NOW)
+    fresh = result.account
+    from dataclasses import replace
+
+    soon = replace(fresh, access_expires_at=NOW + 600)  # inside the margin again
+    assert keeper.due({"alice": soon}, NOW + 10) == []
+    assert keeper.due({"alice": soon}, NOW + 301) != []
+    expired = replace(fresh, access_expires_at=NOW + 5)
+    assert keeper.due({"alice": expired}, NOW + 10) != []  # expired: no waiting
