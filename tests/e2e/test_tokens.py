@@ -205,3 +205,19 @@ def test_rate_limit_signals_steer_new_conversations_away(tmp_path, backend):
         proxy.stop()
     served = [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
     assert served[:2] == ["alice", "bob"] and served[2:] == ["bob"] * 4, served
+
+
+def test_usage_poll_401_triggers_a_refresh(tmp_path, backend):
+    pool = tmp_path / "pool"
+    write_pool_file(pool, "alice", backend.add_account("alice"))
+    proxy = Proxy(backend.url, tmp_path / "proxy",
+                  config(backend, "usage_poll_seconds: 1\n").replace("pool_dir: pool", f"pool_dir: {pool}"))
+    try:
+        wait_until(lambda: accounts(proxy)["alice"]["rate_limits"])
+        backend.control("POST", "accounts/alice/revoke")  # every token of alice stops working
+        row = wait_until(lambda: (a := accounts(proxy)["alice"])["state"] == "disabled" and a)
+        assert "refresh_token_invalidated" in row["last_error"]
+    finally:
+        proxy.stop()
+    state = backend.state()["accounts"]["alice"]
+    assert state["token_calls"] == 1  # the 401 on /wham/usage led to exactly one refresh attempt
