@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from . import conversation, failover, local_endpoints, paths, quota
+from . import conversation, failover, ledger, local_endpoints, paths, quota, state_store
 from .accounts import AccountRegistry
 from .config import Config, ConfigError, default_config, load_config
 from .event_log import EventLog
 from .health import HealthEvent, HealthPolicy
+from .ledger_store import LedgerStore
 from .local_answer import error_body
 from .outcome import OK, Verdict, classify_http, classify_stream_failure, classify_transport_error, classify_ws_error
 from .pool_folder import PoolFolder, PoolScan
@@ -54,7 +56,9 @@ class CodexPool:
         self._scan_lock: asyncio.Lock | None = None
         self._task: asyncio.Task | None = None
         self._pending_rescan: asyncio.Task | None = None
-        self._ws_turns: dict[str, TurnObserver] = {}
+        self._ws_turns: dict[str, _WsTurn] = {}
+        self.ledger: ledger.LedgerWriter | None = None
+        self.state_file: state_store.StateFile | None = None
         self.chains = failover.Chains()
         self.events: EventLog | None = None
         self._events_task: asyncio.Task | None = None
@@ -92,8 +96,69 @@ class CodexPool:
         self._apply_config(config)
         if self._task is None:  # start-up: read the pool before the first request
             self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
+            self._open_persistence(config)
         else:  # changed while running: rescan off the event loop, serialised with the watcher
             self._pending_rescan = asyncio.get_running_loop().create_task(self.rescan())
+
+    def _open_persistence(self, config: Config) -> None:
+        """Start-up: open the usage ledger and bring back the saved serving state."""
+        if self.ledger is None:
+            store = LedgerStore(config.data_dir / "ledger")
+            for warning in store.open():
+                log.warning("codex-pool: %s", warning)
+            self.ledger = ledger.LedgerWriter(store)
+        if self.state_file is None:
+            self.state_file = state_store.StateFile(config.data_dir / "state.json")
+            doc, warning = self.state_file.load()
+            if warning:
+                log.warning("codex-pool: %s", warning)
+            if doc:
+                counts = state_store.restore(doc, self.router, self.registry, time.time())
+                if any(counts.values()):
+                    log.info("codex-pool: restored %d sticky conversation(s), %d account state(s), %d quota figure(s)%s",
+                             counts["sticky"], counts["health"], counts["quota"],
+                             f", pin on {self.router.pinned}" if counts["pinned"] else "")
+
+    async def _persist(self) -> None:
+        """Background: save the serving state every few seconds, drop expired ledger days hourly."""
+        last_retention = 0.0
+        while True:
+            await asyncio.sleep(STATE_SAVE_SECONDS)
+            try:
+                await self.save_state()
+                now = time.time()
+                if self.ledger is not None and self.config is not None and now - last_retention > 3600:
+                    last_retention = now
+                    dropped = await asyncio.to_thread(self.ledger.store.drop_older_than,
+                                                      self.config.ledger_retention_days, now)
+                    if dropped:
+                        log.info("codex-pool: ledger retention dropped %d old file(s)", len(dropped))
+            except Exception as e:
+                log.error("codex-pool: saving state failed: %s", _describe(e))
+
+    async def usage_report(self, since: str | None, until: str | None, group: str) -> dict:
+        """The ledger aggregated like scripts/usage-report --json (queued records included)."""
+        from . import usage_report
+
+        start = usage_report.parse_when(since, end_of_day=False) if since else None
+        end = usage_report.parse_when(until, end_of_day=True) if until else None
+        groups = usage_report.check_group([k.strip() for k in (group or "").split(",") if k.strip()] or ["account"])
+        if self.ledger is None:
+            return usage_report.to_json([], groups, start, end)
+        pending = list(self.ledger._queue)
+
+        def collect() -> list[dict]:
+            records = list(self.ledger.store.query(start, end))
+            records += [r for r in pending if (start is None or r["ts"] >= start) and (end is None or r["ts"] < end)]
+            return usage_report.aggregate(records, groups, self.config.prices if self.config else None)
+
+        rows = await asyncio.to_thread(collect)
+        return usage_report.to_json(rows, groups, start, end)
+
+    async def save_state(self) -> None:
+        if self.state_file is not None:
+            doc = state_store.snapshot(self.router, self.registry, time.time())
+            await asyncio.to_thread(self.state_file.save, doc)
 
     def running(self) -> None:
         if getattr(ctx.options, "connection_strategy", "lazy") == "eager":
@@ -112,6 +177,9 @@ class CodexPool:
         self._task = asyncio.create_task(self._watch())
         self._spawn(self._keep_tokens())
         self._spawn(self._poll_usage())
+        self._spawn(self._persist())
+        if self.ledger is not None:
+            self._spawn(self.ledger.run(self.config.ledger_flush_seconds if self.config else 2.0))
         if self.events is not None:
             self._events_task = asyncio.create_task(self.events.run())
 
@@ -123,6 +191,13 @@ class CodexPool:
         self._background.clear()
         if self.events is not None:
             self.events.flush()
+        if self.ledger is not None:
+            self.ledger.flush_sync()
+        if self.state_file is not None:
+            try:
+                self.state_file.save(state_store.snapshot(self.router, self.registry, time.time()))
+            except Exception as e:
+                log.error("codex-pool: saving state at shutdown failed: %s", _describe(e))
         if self.http is not None:
             client, self.http = self.http, None
             try:
@@ -404,6 +479,7 @@ class CodexPool:
             "chain": chain.id,
             "attempt": attempt,
             "token": _fingerprint(route.account.access_token),
+            "kind": ledger.request_kind(flow.request.method, flow.request.path, flow.request.headers),
             "in_flight": True,
         }
         conv = f" · conv {route.conversation[:8]}" if route.conversation else ""
@@ -477,6 +553,7 @@ class CodexPool:
             self._judge(flow, meta, verdict, now, answer_sent=tap is not None)
             if flow.websocket is None:
                 self._finish(flow)
+                self._record_http(flow, meta, tap.observer if tap is not None else None)
         except Exception as e:
             log.error("codex-pool: response hook failed on %s: %s", flow.request.path, _describe(e))
 
@@ -533,7 +610,7 @@ class CodexPool:
         to another account, or replace it with the pool's honest answer."""
         account = meta["account"]
         meta["outcome"] = verdict.kind if verdict.kind != "neutral" else "ok"
-        if verdict.failed:
+        if verdict.kind != "ok":
             meta["outcome_reason"] = verdict.reason
         self._health_events(self.registry.health.apply(account, verdict, now))
         chain = self.chains.resolve(meta.get("chain"), now)
@@ -591,8 +668,27 @@ class CodexPool:
                     meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
                     self._health_events(self.registry.health.apply(meta["account"], verdict, time.time()))
             self._finish(flow)
+            if flow.websocket is None:
+                self._record_http(flow, meta, tap.observer if tap is not None else None)
         except Exception as e:
             log.error("codex-pool: error hook failed on %s: %s", flow.request.path, _describe(e))
+
+    def _record_http(self, flow: http.HTTPFlow, meta: dict, observer: TurnObserver | None) -> None:
+        """One ledger record for an HTTP exchange that reached upstream (once per flow)."""
+        if self.ledger is None or meta.get("recorded"):
+            return
+        meta["recorded"] = True
+        end = (flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None) or time.time()
+        start = flow.request.timestamp_start
+        model = observer.model if observer is not None else None
+        if model is None and meta.get("kind") != "models":
+            model = ledger.model_from_body(flow.request.get_content(strict=False))
+        self.ledger.record(ledger.build_record(
+            ts=start, account=meta["account"], kind=meta.get("kind", "other"), path=flow.request.path,
+            status=meta.get("status"), outcome=_outcome(meta), usage=(meta.get("turn") or {}).get("usage"),
+            model=model, ttfb_ms=meta.get("ttfb_ms"), duration_ms=(end - start) * 1000 if start else None,
+            attempt=meta.get("attempt", 1), conversation=meta.get("conversation"),
+        ))
 
     def _absorb_turn(self, flow: http.HTTPFlow, meta: dict, observer: TurnObserver | None, first_byte_at: float | None) -> None:
         """Fold what a tap saw of one turn into the flow's metadata and the account's quota."""
@@ -629,11 +725,14 @@ class CodexPool:
             message = flow.websocket.messages[-1]
             if message.from_client:
                 if message.is_text and b'"response.create"' in message.content:
-                    self._ws_turns[flow.id] = TurnObserver()
+                    self._ws_turns[flow.id] = _WsTurn(TurnObserver(), time.time(), ledger.model_from_body(message.content))
                 return
-            observer = self._ws_turns.get(flow.id)
-            if observer is None or not message.is_text:
+            turn = self._ws_turns.get(flow.id)
+            if turn is None or not message.is_text:
                 return
+            observer = turn.observer
+            if turn.first_at is None:
+                turn.first_at = time.time()
             seen_limits = len(observer.rate_limits)
             observer.observe_json(message.content)
             if observer.error is not None:
@@ -642,6 +741,7 @@ class CodexPool:
                 self._absorb_turn(flow, meta, observer, None)
                 meta["ws_turns"] = meta.get("ws_turns", 0) + 1
                 del self._ws_turns[flow.id]
+                self._record_ws_turn(meta, turn, None)
             elif len(observer.rate_limits) != seen_limits:
                 limits = quota.from_event(observer.rate_limits[-1], time.time())
                 if limits is not None:
@@ -703,9 +803,32 @@ class CodexPool:
         if self.events is not None:
             self.events.emit(event, **fields)
 
+    def _record_ws_turn(self, meta: dict, turn: _WsTurn, cut: str | None) -> None:
+        """One ledger record per WebSocket turn (response.create → terminal event, or the socket's end)."""
+        if self.ledger is None:
+            return
+        observer = turn.observer
+        outcome = cut or ("failed_over" if meta.get("failover") and observer.error is not None else None)
+        if outcome is None:
+            outcome = meta.get("outcome_reason") if observer.error is not None or observer.failed is not None else "ok"
+        now = time.time()
+        usage = observer.usage.to_dict() if observer.usage else None
+        self.ledger.record(ledger.build_record(
+            ts=turn.started, account=meta["account"], kind="ws_turn", path="/backend-api/codex/responses",
+            status=(observer.error or {}).get("status", 200) if observer.error else 200, outcome=outcome or "ok",
+            usage=usage, model=observer.model or turn.model,
+            ttfb_ms=round((turn.first_at - turn.started) * 1000, 1) if turn.first_at else None,
+            duration_ms=(now - turn.started) * 1000, attempt=meta.get("attempt", 1),
+            conversation=meta.get("conversation"),
+        ))
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self._ws_turns.pop(flow.id, None)
+        turn = self._ws_turns.pop(flow.id, None)
         try:
+            meta = flow.metadata.get(META)
+            if turn is not None and isinstance(meta, dict):  # the socket ended in the middle of a turn
+                by_client = flow.websocket is not None and flow.websocket.closed_by_client
+                self._record_ws_turn(meta, turn, "client_cancelled" if by_client else "connection_error")
             self._finish(flow)
         except Exception as e:
             log.error("codex-pool: websocket_end failed: %s", _describe(e))
@@ -716,6 +839,27 @@ class CodexPool:
 
 def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json") -> None:
     flow.response = http.Response.make(status, body, {"content-type": content_type, "cache-control": "no-store"})
+
+
+STATE_SAVE_SECONDS = 5.0
+
+
+@dataclass
+class _WsTurn:
+    """A WebSocket turn in progress."""
+
+    observer: TurnObserver
+    started: float
+    model: str | None
+    first_at: float | None = None
+
+
+def _outcome(meta: dict) -> str:
+    if meta.get("failover"):
+        return "failed_over"
+    if meta.get("outcome") == "client_cancelled":
+        return "client_cancelled"
+    return meta.get("outcome_reason") or "ok"
 
 
 def _fingerprint(token: str) -> str:

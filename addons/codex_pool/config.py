@@ -42,6 +42,9 @@ class Config:
     refresh_margin_minutes: float = 60.0
     client_id: str = "app_EMoamEEZ73f0CkXaXp7hrann"
     usage_poll_seconds: float = 300.0
+    ledger_flush_seconds: float = 2.0
+    ledger_retention_days: float = 400.0
+    prices: dict = dataclasses.field(default_factory=dict)  # model -> {input, cached_input, output} $/1M tokens
     source: Path | None = None  # the file this came from, None for built-in defaults
 
     @property
@@ -135,7 +138,35 @@ _VALIDATORS = {
     "refresh_margin_minutes": lambda k, v: _number(k, v, minimum=1, maximum=60 * 24 * 7),
     "client_id": _string,
     "usage_poll_seconds": lambda k, v: _number(k, v, minimum=0, maximum=86400),
+    "ledger_flush_seconds": lambda k, v: _number(k, v, minimum=0.1, maximum=60),
+    "ledger_retention_days": lambda k, v: _number(k, v, minimum=1, maximum=36500),
+    "prices": lambda k, v: _prices(k, v),
 }
+
+
+PRICE_FIELDS = ("input", "cached_input", "output")
+
+
+def _prices(key: str, value: Any) -> dict:
+    """model -> {input, cached_input, output}: US dollars per million tokens."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of model: {{input, cached_input, output}}, got {value!r}")
+    out = {}
+    for model, row in value.items():
+        if not isinstance(model, str) or not isinstance(row, dict):
+            raise ConfigError(f"{key}.{model}: expected {{input, cached_input, output}} in dollars per million tokens")
+        unknown = sorted(set(row) - set(PRICE_FIELDS))
+        if unknown:
+            raise ConfigError(f"{key}.{model}: unknown field {', '.join(map(str, unknown))}; allowed: {', '.join(PRICE_FIELDS)}")
+        missing = [f for f in ("input", "output") if f not in row]
+        if missing:
+            raise ConfigError(f"{key}.{model}: missing {', '.join(missing)}")
+        prices = {f: _number(f"{key}.{model}.{f}", row[f], minimum=0, maximum=1e6) for f in row}
+        prices.setdefault("cached_input", prices["input"])
+        out[model] = prices
+    return out
 
 
 def parse_config(raw: Any, base_dir: Path, source: Path | None = None) -> Config:

@@ -4,6 +4,7 @@
 - `GET /admin/accounts`: every pool file with its state; never a token.
 - `POST /admin/reload`: re-read the pool folder now.
 - `POST /admin/accounts/<name>/pin|unpin|disable|enable`: steer one account.
+- `GET /admin/usage?since=…&until=…&group=account|day|model`: the usage ledger, as scripts/usage-report --json.
 
 Admin endpoints answer loopback clients only, unless `admin_token` is set in mitm.yaml; then
 they require `Authorization: Bearer <admin_token>` from everyone.
@@ -97,6 +98,15 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
                 }
             ),
         )
+    if path == "/admin/usage":
+        if method != "GET":
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use GET /admin/usage"))
+        try:
+            report = await addon.usage_report(
+                flow.request.query.get("since"), flow.request.query.get("until"), flow.request.query.get("group", "account"))
+        except ValueError as e:
+            return _reply(flow, 400, error_body("invalid_request", "bad_parameter", str(e)))
+        return _reply(flow, 200, json_body(report))
     parts = path.strip("/").split("/")
     if len(parts) == 4 and parts[:2] == ["admin", "accounts"] and parts[3] in ACCOUNT_ACTIONS:
         if method != "POST":

@@ -24,7 +24,7 @@ class Route:
     account: Account
     reason: str  # "pinned" | "sticky" | "standin" | "repinned" | policy name
     conversation: str | None  # hashed key
-    pinned_to: str | None = None  # the conversation's own account when a stand-in serves
+    pinned_to: str | None = None  # the conversation's own account when a stand-in or the admin pin serves
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,11 @@ class Router:
                 reason = "standin"
             elif pin_of_conversation is not None:
                 reason = "repinned"
+        if choice.reason == "pinned" and pin_of_conversation is not None and (
+                pin_of_conversation in usable or self.keeps_pin(pin_of_conversation, now)):
+            standin_for = pin_of_conversation if pin_of_conversation != choice.name else None
         if conversation:
+            # an admin pin or a stand-in serves the conversation without taking it over
             self.sticky.put(conversation, standin_for or choice.name, now)
         rt = self.registry.rt(choice.name)
         rt.last_used = now

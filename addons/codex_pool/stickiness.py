@@ -47,3 +47,17 @@ class StickyMap:
     def counts(self, now: float) -> Counter[str]:
         """Live conversations per account."""
         return Counter(a for a, seen in self._entries.values() if now - seen <= self.ttl)
+
+    def export(self, now: float) -> list[list]:
+        """Live entries as [key, account, last_seen], oldest first (for saving)."""
+        return [[k, a, seen] for k, (a, seen) in self._entries.items() if now - seen <= self.ttl]
+
+    def import_(self, entries: list, now: float) -> int:
+        """Take saved entries back (skipping malformed or expired ones); returns how many."""
+        n = 0
+        for entry in entries:
+            if (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str)
+                    and isinstance(entry[1], str) and isinstance(entry[2], (int, float)) and now - entry[2] <= self.ttl):
+                self.put(entry[0], entry[1], entry[2])
+                n += 1
+        return n

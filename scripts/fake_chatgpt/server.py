@@ -974,6 +974,8 @@ class FakeChatGPT:
             if rest == ["revoke"] and method == "POST":
                 st.revoke(name)
                 return 200, {"ok": True}
+            if rest == ["expire"] and method == "POST":
+                return 200, {"expired": st.expire_access(name, time.time())}
             if rest == ["wham-usage"] and method == "GET":
                 acct.roll_windows(time.time())
                 return 200, acct.wham_usage(time.time())

@@ -442,6 +442,17 @@ class BackendState:
                 self.revoked_access.add(token)
         acct.valid_refresh.clear()
 
+    def expire_access(self, name: str, now: float) -> int:
+        """Expire every access token of the account now (server side; 401 token_expired), keeping
+        its refresh token valid: what a client meets when its local clock or `exp` is wrong."""
+        self.account(name)
+        n = 0
+        for token, (owner, exp) in list(self.access_tokens.items()):
+            if owner == name and exp > now:
+                self.access_tokens[token] = (owner, now)
+                n += 1
+        return n
+
     def update_account(self, name: str, changes: dict) -> dict:
         acct = self.account(name)
         now = time.time()

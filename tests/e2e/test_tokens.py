@@ -84,7 +84,7 @@ def test_concurrent_401s_on_one_account_make_one_token_call(tmp_path, backend):
     write_pool_file(tmp_path / "pool", "alice", backend.add_account("alice"))
     proxy = Proxy(backend.url, tmp_path / "proxy", config(backend).replace("pool_dir: pool", f"pool_dir: {tmp_path / 'pool'}"))
     try:
-        backend.fault(kind="unauthorized", account="alice", count=4)
+        backend.control("POST", "accounts/alice/expire")  # upstream now refuses alice's access token
         statuses = []
 
         def one(i):

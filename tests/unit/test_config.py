@@ -33,7 +33,17 @@ BAD = [
     ({"pool_scan_seconds": 30}, "pool_scan_seconds: 30 is out of range"),
     ({"admin_token": "short"}, "admin_token: too short"),
     ([1, 2], "must be a mapping"),
+    ({"prices": {"m": {"input": 1}}}, "prices.m: missing output"),
+    ({"prices": {"m": {"input": 1, "output": 2, "reasoning": 3}}}, "prices.m: unknown field reasoning"),
+    ({"prices": {"m": {"input": "cheap", "output": 2}}}, "prices.m.input: expected a number"),
+    ({"prices": [1]}, "prices: expected a mapping"),
+    ({"ledger_flush_seconds": 0}, "ledger_flush_seconds: 0 is out of range"),
 ]
+
+
+def test_prices_default_cached_input_to_input():
+    c = parse_config({"prices": {"gpt-5.1-codex": {"input": 1.25, "output": 10}}}, BASE)
+    assert c.prices == {"gpt-5.1-codex": {"input": 1.25, "output": 10.0, "cached_input": 1.25}}
 
 
 @pytest.mark.parametrize("raw,message", BAD)

@@ -70,10 +70,17 @@ def test_expired_tokens_are_not_usable_and_empty_pool_says_why():
     assert isinstance(all_expired, NoRoute) and "access token expired" in all_expired.message
 
 
-def test_pin_wins_while_usable():
+def test_pin_wins_while_usable_without_taking_conversations_over():
     router = Router(registry("a", "b"), "fill_first", 60)
+    now = time.time()
+    assert router.route("k", now).account.name == "a"
     router.pinned = "b"
-    assert router.route("k", time.time()).account.name == "b"
+    pinned = router.route("k", now + 1)
+    assert (pinned.account.name, pinned.reason, pinned.pinned_to) == ("b", "pinned", "a")
+    assert router.route("new", now + 2).account.name == "b"
+    router.pinned = None
+    assert router.route("k", now + 3).account.name == "a"  # back to its own account
+    assert router.route("new", now + 4).account.name == "b"  # born under the pin: stays there
 
 
 from codex_pool.outcome import Verdict

@@ -1,0 +1,139 @@
+"""Serving state that survives a restart: sticky conversations, account health (cooling / limited
+until, disabled and why), the admin pin, and quota figures.
+
+`snapshot()` and `restore()` are pure translations between the live objects and a JSON document;
+`StateFile` keeps that document in a TinyDB-format file written atomically (blocking: use a worker thread).
+A restart therefore neither moves conversations to new accounts (cold prompt caches) nor sends
+traffic to an account known to be limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from . import quota
+from .accounts import AccountRegistry
+from .health import DISABLED, USABLE, Health
+from .ledger_store import AtomicJSONStorage
+from .router import Router
+
+VERSION = 1
+
+
+def _fp(token: str | None) -> str | None:
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else None
+
+
+def snapshot(router: Router, registry: AccountRegistry, now: float) -> dict[str, Any]:
+    health = {}
+    for name in registry.accounts:
+        h = registry.health.peek(name)
+        if h.state != USABLE or h.failures:
+            account = registry.accounts[name]
+            health[name] = {**h.to_dict(), "detail": h.detail, "token": _fp(account.refresh_token or account.access_token)}
+    quotas = {}
+    for name, rt in registry.runtime.items():
+        if rt.quota.latest is not None:
+            quotas[name] = rt.quota.latest.to_dict()
+    return {
+        "version": VERSION,
+        "saved_at": now,
+        "pinned": router.pinned,
+        "sticky": router.sticky.export(now),
+        "health": health,
+        "quota": quotas,
+    }
+
+
+def restore(doc: dict[str, Any], router: Router, registry: AccountRegistry, now: float) -> dict[str, int]:
+    """Apply a saved snapshot to freshly loaded objects; returns counts of what was restored."""
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        return {}
+    counts = {"sticky": 0, "health": 0, "quota": 0, "pinned": 0}
+    pinned = doc.get("pinned")
+    if isinstance(pinned, str) and pinned in registry.accounts:
+        router.pinned = pinned
+        counts["pinned"] = 1
+    counts["sticky"] = router.sticky.import_(doc.get("sticky") or [], now)
+    for name, saved in (doc.get("health") or {}).items():
+        account = registry.accounts.get(name)
+        if account is None or not isinstance(saved, dict):
+            continue
+        state = saved.get("state")
+        until = saved.get("until")
+        if state == DISABLED and saved.get("reason") != "manual" and \
+                saved.get("token") != _fp(account.refresh_token or account.access_token):
+            continue  # the file was replaced while we were down: the auth problem is presumed fixed
+        if state in ("cooling", "limited") and (not isinstance(until, (int, float)) or until <= now):
+            continue
+        h = registry.health.get(name)
+        h.state = state if state in ("cooling", "limited", DISABLED) else USABLE
+        h.until = until if h.state in ("cooling", "limited") else None
+        h.reason = saved.get("reason")
+        h.detail = saved.get("detail")
+        h.failures = int(saved.get("failures") or 0)
+        h.out_since = saved.get("out_since")
+        counts["health"] += 1
+    for name, saved in (doc.get("quota") or {}).items():
+        if name in registry.accounts and isinstance(saved, dict):
+            limits = _limits_from_dict(saved)
+            if limits is not None:
+                registry.rt(name).quota.record(limits)
+                counts["quota"] += 1
+    return counts
+
+
+def _limits_from_dict(d: dict[str, Any]) -> quota.RateLimits | None:
+    def window(w: Any) -> quota.Window | None:
+        if not isinstance(w, dict) or not isinstance(w.get("used_percent"), (int, float)):
+            return None
+        return quota.Window(float(w["used_percent"]), w.get("window_minutes"), w.get("reset_at"))
+
+    c = d.get("credits")
+    credits = quota.Credits(c.get("has_credits"), c.get("unlimited"), c.get("balance")) if isinstance(c, dict) else None
+    observed = d.get("observed_at")
+    if not isinstance(observed, (int, float)):
+        return None
+    return quota.RateLimits(window(d.get("primary")), window(d.get("secondary")), credits, float(observed),
+                            str(d.get("source") or "saved"), d.get("plan"))
+
+
+class StateFile:
+    """One TinyDB document, written atomically; an unreadable file is moved aside, never lost."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._last: str | None = None
+
+    def load(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(document or None, warning or None)."""
+        if not self.path.exists():
+            return None, None
+        try:
+            data = AtomicJSONStorage(self.path).read() or {}
+            docs = list((data.get("state") or {}).values())
+            if docs and not isinstance(docs[0], dict):
+                raise ValueError("state document is not an object")
+            return (dict(docs[0]) if docs else None), None
+        except Exception as e:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                return None, f"{self.path} cannot be read ({e}) nor moved aside; starting without saved state"
+            return None, f"{self.path} could not be read ({type(e).__name__}); moved it to {aside} and started fresh"
+
+    def save(self, doc: dict[str, Any]) -> bool:
+        """Write the document (one atomic write, TinyDB's file format) if it changed. Blocking."""
+        key = json.dumps({k: v for k, v in doc.items() if k != "saved_at"}, sort_keys=True, default=str)
+        if key == self._last:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        AtomicJSONStorage(self.path).write({"state": {"1": doc}})
+        self._last = key
+        return True

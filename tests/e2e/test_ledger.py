@@ -1,0 +1,192 @@
+"""The usage ledger and saved serving state, end to end through real mitmdump."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from codex_pool.ledger_store import LedgerStore
+from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
+from tests.support.procs import ROOT, FakeBackend, Proxy
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
+
+
+@pytest.fixture
+def world(tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    backend = FakeBackend(["alice", "bob", "carol"], pool)
+    started = []
+
+    def proxy(extra_config="", **kw):
+        p = Proxy(backend.url, tmp_path / "proxy",
+                  f"pool_dir: {pool}\ndata_dir: data\npolicy: round_robin\nledger_flush_seconds: 0.5\n"
+                  f"token_url: {backend.url}/oauth/token\nusage_poll_seconds: 0\n{extra_config}", **kw)
+        started.append(p)
+        return p
+
+    yield backend, proxy, tmp_path / "proxy" / "data"
+    for p in started:
+        p.stop()
+    backend.stop()
+
+
+def client(proxy):
+    return httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=30, trust_env=False)
+
+
+def sse_turn(c, key):
+    r = c.post("/backend-api/codex/responses", json=turn_body(key), headers={"authorization": f"Bearer {CLIENT_TOKEN}",
+                                                                            "session-id": key})
+    assert r.status_code == 200, r.text
+    return r
+
+
+def ws_turns(proxy, key, n):
+    with connect(f"ws://127.0.0.1:{proxy.port}/backend-api/codex/responses",
+                 additional_headers={"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key}, open_timeout=10) as ws:
+        for i in range(n):
+            ws.send(json.dumps({"type": "response.create", **turn_body(key, f"ws turn {i}")}))
+            while json.loads(ws.recv(timeout=10)).get("type") != "response.completed":
+                pass
+
+
+def ledger_records(data_dir):
+    return list(LedgerStore(data_dir / "ledger").query(None, None))
+
+
+def test_ledger_totals_equal_what_the_backend_sent(world):
+    backend, start_proxy, data = world
+    proxy = start_proxy()
+    with client(proxy) as c:
+        for key in ("a", "b", "a", "c"):
+            sse_turn(c, f"conv-{key}")
+        backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3600)
+        sse_turn(c, "conv-a")  # alice is limited: fails over
+    ws_turns(proxy, "ws-conv", 2)
+    backend.control("POST", "config", {"stream_delay": 0.3, "deltas": 10})
+    with proxy.http.stream("POST", "/backend-api/codex/responses", json=turn_body("gone"),
+                           headers={"session-id": "gone"}) as r:
+        next(r.iter_raw())  # the client hangs up mid-stream
+    time.sleep(1.5)
+    backend.control("POST", "config", {"stream_delay": 0.0, "deltas": 3})
+    live = proxy.http.get("/admin/usage", params={"group": "account"}).json()
+    proxy.stop()
+
+    records = ledger_records(data)
+    kinds = sorted(r["kind"] for r in records)
+    assert kinds.count("ws_turn") == 2 and kinds.count("sse_turn") >= 7
+    outcomes = [r["outcome"] for r in records]
+    assert outcomes.count("failed_over") == 1 and outcomes.count("client_cancelled") == 1
+    failed = next(r for r in records if r["outcome"] == "failed_over")
+    assert failed["account"] == "alice" and failed["status"] == 429 and failed["total_tokens"] == 0
+    retried = [r for r in records if r["attempt"] == 2]
+    assert len(retried) == 1 and retried[0]["outcome"] == "ok"
+    for r in records:
+        assert r["conversation"] is None or (len(r["conversation"]) == 16 and "conv" not in r["conversation"])
+        assert r["model"] in (None, "gpt-5.1-codex")
+    sent = backend.state()["accounts"]
+    for name, acct in sent.items():
+        mine = [r for r in records if r["account"] == name]
+        totals = {f: sum(r[f] for r in mine) for f in TOKENS}
+        theirs = acct["usage_totals"]
+        assert totals == {"input_tokens": theirs["input_tokens"], "cached_input_tokens": theirs["cached_tokens"],
+                          "output_tokens": theirs["output_tokens"], "reasoning_tokens": theirs["reasoning_tokens"],
+                          "total_tokens": theirs["total_tokens"]}, name
+    rows = {row["account"]: row for row in live["rows"]}
+    for name in sent:
+        assert rows.get(name, {}).get("total_tokens", 0) == sent[name]["usage_totals"]["total_tokens"]
+
+
+def test_restart_keeps_stickiness_cooldowns_and_pins(world):
+    backend, start_proxy, data = world
+    proxy = start_proxy()
+    with client(proxy) as c:
+        sse_turn(c, "c1")  # alice
+        sse_turn(c, "c2")  # bob
+        backend.fault(kind="usage_limit", account="bob", resets_in_seconds=3 * 3600)
+        sse_turn(c, "c2")  # bob limited for hours: c2 moves to carol
+    proxy.http.post("/admin/accounts/alice/pin")
+    proxy.stop()
+    backend.clear_requests()
+
+    again = start_proxy()
+    assert "restored" in again.output()
+    rows = {a["name"]: a for a in again.http.get("/admin/accounts").json()["accounts"]}
+    assert rows["bob"]["state"] == "limited"
+    assert again.http.get("/admin/accounts").json()["pinned"] == "alice"
+    with client(again) as c:
+        sse_turn(c, "c2")  # pinned: alice
+        again.http.post("/admin/accounts/alice/unpin")
+        sse_turn(c, "c1")
+        sse_turn(c, "c2")
+        sse_turn(c, "c-new")
+    served = [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+    assert served[:3] == ["alice", "alice", "carol"]  # pin, then each conversation on its own account
+    assert served[3] != "bob"  # a new conversation never lands on the limited account
+
+
+def test_kill_minus_nine_keeps_everything_flushed_before(world):
+    backend, start_proxy, data = world
+    proxy = start_proxy()
+    with client(proxy) as c:
+        for i in range(12):
+            sse_turn(c, f"k{i}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(ledger_records(data)) < 12:
+        time.sleep(0.2)
+    assert len(ledger_records(data)) == 12
+    os.killpg(proxy.proc.pid, signal.SIGKILL)
+    proxy.proc.wait(10)
+    assert len(ledger_records(data)) == 12  # readable, complete
+    again = start_proxy()
+    assert "could not be read" not in again.output() and "moved" not in again.output()
+    with client(again) as c:
+        sse_turn(c, "after")
+    again.stop()
+    assert len(ledger_records(data)) == 13
+
+
+def test_corrupt_files_at_start_are_moved_aside_with_a_warning(world):
+    backend, start_proxy, data = world
+    proxy = start_proxy()
+    with client(proxy) as c:
+        sse_turn(c, "x")
+    proxy.stop()
+    [segment] = list((data / "ledger").rglob("*.json"))
+    segment.write_text('{"_default": {"1": {"ts": ')  # torn
+    (data / "state.json").write_text("not json at all")
+    again = start_proxy()
+    out = again.output()
+    assert str(segment) in out and "corrupt" in out
+    assert str(data / "state.json") in out and "moved it to" in out
+    assert list((data / "ledger").rglob("*.corrupt-*")) and list(data.glob("state.json.corrupt-*"))
+    with client(again) as c:
+        sse_turn(c, "y")
+    again.stop()
+    assert [r["conversation"] is not None for r in ledger_records(data)] == [True]
+
+
+def test_admin_usage_matches_the_report_script(world, tmp_path):
+    backend, start_proxy, data = world
+    proxy = start_proxy('prices:\n  gpt-5.1-codex: {input: 1.25, cached_input: 0.125, output: 10}\n')
+    with client(proxy) as c:
+        for key in ("a", "b", "a"):
+            sse_turn(c, key)
+    time.sleep(1.2)  # flushed
+    api = proxy.http.get("/admin/usage", params={"group": "account,model"}).json()
+    assert proxy.http.get("/admin/usage", params={"since": "yesterday-ish"}).status_code == 400
+    script = subprocess.run([str(ROOT / "scripts" / "usage-report"), "--config", str(proxy.config_path),
+                             "--group", "account,model", "--json"], capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stderr
+    cli = json.loads(script.stdout)
+    assert api["rows"] == cli["rows"] and api["totals"] == cli["totals"]
+    assert all(row["cost_usd"] is not None and row["cost_usd"] > 0 for row in api["rows"])
