@@ -28,6 +28,7 @@ from .config import Config, ConfigError, default_config, load_config
 from .event_log import EventLog
 from .health import HealthEvent, HealthPolicy
 from .ledger_store import LedgerStore
+from .metrics import PoolMetrics
 from .local_answer import error_body
 from .outcome import OK, Verdict, classify_http, classify_stream_failure, classify_transport_error, classify_ws_error
 from .pool_folder import PoolFolder, PoolScan
@@ -58,6 +59,7 @@ class CodexPool:
         self._pending_rescan: asyncio.Task | None = None
         self._ws_turns: dict[str, _WsTurn] = {}
         self.ledger: ledger.LedgerWriter | None = None
+        self.metrics = PoolMetrics(self.live_snapshot)
         self.state_file: state_store.StateFile | None = None
         self.chains = failover.Chains()
         self.events: EventLog | None = None
@@ -71,6 +73,12 @@ class CodexPool:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def load(self, loader) -> None:
+        from mitmproxy import contentviews
+
+        from .contentview import ViewCodexStream
+
+        if contentviews.get(ViewCodexStream.name) is None:  # once per process (hot reloads included)
+            contentviews.add(ViewCodexStream())
         loader.add_option(
             "pool_config",
             str,
@@ -79,6 +87,12 @@ class CodexPool:
         )
 
     def configure(self, updated: set[str]) -> None:
+        if "web_host" in updated and hasattr(ctx.options, "web_host") and not _loopback_host(ctx.options.web_host):
+            # mitmweb 11.0.2 has no password: anyone who reaches it reads every flow
+            raise exceptions.OptionsError(
+                f"web_host: mitmweb would listen on {ctx.options.web_host!r}; mitmweb 11.0.2 has no password, so "
+                "anyone who reaches it can read every flow. Keep it on 127.0.0.1 (use an SSH tunnel to reach it)."
+            )
         if "stream_large_bodies" in updated and getattr(ctx.options, "stream_large_bodies", None):
             # A streamed request body makes mitmproxy send the headers upstream before our request
             # hook runs: the client's own credentials would go out and routing would be skipped.
@@ -135,6 +149,22 @@ class CodexPool:
                         log.info("codex-pool: ledger retention dropped %d old file(s)", len(dropped))
             except Exception as e:
                 log.error("codex-pool: saving state failed: %s", _describe(e))
+
+    def live_snapshot(self, now: float) -> dict:
+        """What the scrape-time gauges read: each served account's state and quota, sticky count."""
+        rows = []
+        for name, account in sorted(self.registry.accounts.items()):
+            h = self.registry.health.peek(name)
+            usable = self.registry.unusable_reason(name, now) is None
+            state = "expired" if account.expired(now) else (h.state if not self.registry.health.usable(name, now) else "usable")
+            rt = self.registry.runtime.get(name)
+            latest = rt.quota.latest if rt else None
+            rows.append({
+                "name": name, "usable": usable, "state": state, "in_flight": rt.in_flight if rt else 0,
+                "primary": latest.primary.to_dict() if latest and latest.primary else None,
+                "secondary": latest.secondary.to_dict() if latest and latest.secondary else None,
+            })
+        return {"accounts": rows, "sticky": len(self.router.sticky)}
 
     async def usage_report(self, since: str | None, until: str | None, group: str) -> dict:
         """The ledger aggregated like scripts/usage-report --json (queued records included)."""
@@ -314,6 +344,7 @@ class CodexPool:
     def _apply_refresh(self, before, result: RefreshResult, reason: str) -> None:
         name = before.name
         now = time.time()
+        self.metrics.refresh(name, result.outcome)
         if result.ok and result.account is not None:
             if before.refresh_token and result.account.refresh_token != before.refresh_token:
                 self.registry.superseded.add(before.refresh_token)
@@ -524,8 +555,9 @@ class CodexPool:
             if limits is not None:
                 self.registry.record_rate_limits(meta["account"], limits)
             if flow.response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                keep = (self.config.inspect_body_limit_kb if self.config else 0) * 1024
                 flow.response.stream = SSETap(
-                    flow.response.headers.get("content-encoding"), TurnObserver(), clock=time.time
+                    flow.response.headers.get("content-encoding"), TurnObserver(), clock=time.time, keep_bytes=keep
                 )
         except Exception as e:
             log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, _describe(e))
@@ -541,6 +573,10 @@ class CodexPool:
             if tap is not None:
                 self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
                 verdict = self._stream_verdict(tap, now, meta["account"])
+                if tap.kept:  # nothing is re-sent: the answer already streamed; this is for mitmweb
+                    flow.response.raw_content = bytes(tap.kept)
+                    if tap.bytes_seen > len(tap.kept):
+                        flow.comment = f"{flow.comment} · body shown: first {len(tap.kept) // 1024} KB of {tap.bytes_seen // 1024} KB"
             else:
                 if flow.response.timestamp_start and flow.request.timestamp_end:
                     meta["ttfb_ms"] = round((flow.response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
@@ -636,6 +672,7 @@ class CodexPool:
                     "cache-control": "no-store",
                     "x-codex-pool-failover": verdict.reason,
                 })
+            self.metrics.failover(verdict.reason)
             self._emit("request.failover", account=account, reason=verdict.reason, status=upstream_status,
                        attempt=meta.get("attempt", 1), conversation=meta.get("conversation"),
                        path=paths.bare(flow.request.path))
@@ -662,9 +699,11 @@ class CodexPool:
                 self._absorb_turn(flow, meta, tap.observer, tap.first_byte_at)
             if "status" not in meta:  # not judged yet: the exchange broke
                 verdict = classify_transport_error(meta["error"])
+                flow.comment = f"{flow.comment} · {meta['error']}"
                 if verdict.kind == "neutral":
                     meta["outcome"] = "client_cancelled"
                 else:
+                    flow.marked = ":x:"
                     meta["outcome"], meta["outcome_reason"] = verdict.kind, verdict.reason
                     self._health_events(self.registry.health.apply(meta["account"], verdict, time.time()))
             self._finish(flow)
@@ -675,7 +714,7 @@ class CodexPool:
 
     def _record_http(self, flow: http.HTTPFlow, meta: dict, observer: TurnObserver | None) -> None:
         """One ledger record for an HTTP exchange that reached upstream (once per flow)."""
-        if self.ledger is None or meta.get("recorded"):
+        if meta.get("recorded"):
             return
         meta["recorded"] = True
         end = (flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None) or time.time()
@@ -683,12 +722,18 @@ class CodexPool:
         model = observer.model if observer is not None else None
         if model is None and meta.get("kind") != "models":
             model = ledger.model_from_body(flow.request.get_content(strict=False))
-        self.ledger.record(ledger.build_record(
+        self._account_for(ledger.build_record(
             ts=start, account=meta["account"], kind=meta.get("kind", "other"), path=flow.request.path,
             status=meta.get("status"), outcome=_outcome(meta), usage=(meta.get("turn") or {}).get("usage"),
             model=model, ttfb_ms=meta.get("ttfb_ms"), duration_ms=(end - start) * 1000 if start else None,
             attempt=meta.get("attempt", 1), conversation=meta.get("conversation"),
         ))
+
+    def _account_for(self, record: dict) -> None:
+        """One finished exchange: into the ledger and the metrics, from the same record."""
+        if self.ledger is not None:
+            self.ledger.record(record)
+        self.metrics.observe_record(record)
 
     def _absorb_turn(self, flow: http.HTTPFlow, meta: dict, observer: TurnObserver | None, first_byte_at: float | None) -> None:
         """Fold what a tap saw of one turn into the flow's metadata and the account's quota."""
@@ -766,6 +811,7 @@ class CodexPool:
             status, err = 503, {"type": "server_error", "code": "account_switch",
                                 "message": f"pool account {account} failed ({verdict.reason}); reconnect to continue on another account"}
             meta["failover"] = verdict.reason
+            self.metrics.failover(verdict.reason)
             self._emit("request.failover", account=account, reason=verdict.reason, status=frame.get("status"),
                        conversation=meta.get("conversation"), transport="websocket")
             flow.comment = f"{flow.comment} · failed over ({verdict.reason})"
@@ -805,15 +851,13 @@ class CodexPool:
 
     def _record_ws_turn(self, meta: dict, turn: _WsTurn, cut: str | None) -> None:
         """One ledger record per WebSocket turn (response.create → terminal event, or the socket's end)."""
-        if self.ledger is None:
-            return
         observer = turn.observer
         outcome = cut or ("failed_over" if meta.get("failover") and observer.error is not None else None)
         if outcome is None:
             outcome = meta.get("outcome_reason") if observer.error is not None or observer.failed is not None else "ok"
         now = time.time()
         usage = observer.usage.to_dict() if observer.usage else None
-        self.ledger.record(ledger.build_record(
+        self._account_for(ledger.build_record(
             ts=turn.started, account=meta["account"], kind="ws_turn", path="/backend-api/codex/responses",
             status=(observer.error or {}).get("status", 200) if observer.error else 200, outcome=outcome or "ok",
             usage=usage, model=observer.model or turn.model,
@@ -860,6 +904,17 @@ def _outcome(meta: dict) -> str:
     if meta.get("outcome") == "client_cancelled":
         return "client_cancelled"
     return meta.get("outcome_reason") or "ok"
+
+
+def _loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _fingerprint(token: str) -> str:

@@ -44,6 +44,7 @@ class Config:
     usage_poll_seconds: float = 300.0
     ledger_flush_seconds: float = 2.0
     ledger_retention_days: float = 400.0
+    inspect_body_limit_kb: int = 512
     prices: dict = dataclasses.field(default_factory=dict)  # model -> {input, cached_input, output} $/1M tokens
     source: Path | None = None  # the file this came from, None for built-in defaults
 
@@ -140,6 +141,7 @@ _VALIDATORS = {
     "usage_poll_seconds": lambda k, v: _number(k, v, minimum=0, maximum=86400),
     "ledger_flush_seconds": lambda k, v: _number(k, v, minimum=0.1, maximum=60),
     "ledger_retention_days": lambda k, v: _number(k, v, minimum=1, maximum=36500),
+    "inspect_body_limit_kb": lambda k, v: _integer(k, v, minimum=0, maximum=1 << 20),
     "prices": lambda k, v: _prices(k, v),
 }
 

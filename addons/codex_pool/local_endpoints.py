@@ -4,6 +4,7 @@
 - `GET /admin/accounts`: every pool file with its state; never a token.
 - `POST /admin/reload`: re-read the pool folder now.
 - `POST /admin/accounts/<name>/pin|unpin|disable|enable`: steer one account.
+- `GET /metrics`: Prometheus text format (same access rule as /admin/*).
 - `GET /admin/usage?since=…&until=…&group=account|day|model`: the usage ledger, as scripts/usage-report --json.
 
 Admin endpoints answer loopback clients only, unless `admin_token` is set in mitm.yaml; then
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 
 from .local_answer import error_body, json_body
-from .paths import HEALTH, bare
+from .metrics import CONTENT_TYPE
+from .paths import HEALTH, METRICS, bare
 
 if TYPE_CHECKING:
     from .addon import CodexPool
@@ -73,8 +75,15 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
         return _reply(flow, 503, json_body({"status": "unavailable", "reason": addon.router.unavailable(now).message, **counts}))
 
     refused = admin_allowed(flow, addon.config.admin_token if addon.config else None)
+    if "authorization" in flow.request.headers:  # keep the admin token out of stored flows
+        flow.request.headers["authorization"] = "[redacted]"
     if refused:
         return _reply(flow, 403, error_body("forbidden", "admin_forbidden", refused))
+    if path == METRICS:
+        if method not in ("GET", "HEAD"):
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use GET /metrics"))
+        flow.response = http.Response.make(200, addon.metrics.render(), {"content-type": CONTENT_TYPE})
+        return
     if path == "/admin/accounts":
         if method != "GET":
             return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use GET /admin/accounts"))

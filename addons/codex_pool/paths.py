@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 HEALTH = "/healthz"
+METRICS = "/metrics"
 ADMIN_PREFIX = "/admin/"
 FORWARD_PREFIX = "/backend-api/"  # everything Codex and OpenAI-style clients call lives here
 
@@ -14,7 +15,7 @@ def bare(path: str) -> str:
 def is_local(path: str) -> bool:
     """Answered by the proxy itself, never forwarded."""
     p = bare(path)
-    return p == HEALTH or p.startswith(ADMIN_PREFIX) or p == "/admin"
+    return p in (HEALTH, METRICS, "/admin") or p.startswith(ADMIN_PREFIX)
 
 
 def is_forwardable(path: str) -> bool:

@@ -300,8 +300,11 @@ class SSETap:
         observer: TurnObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        keep_bytes: int = 0,
     ) -> None:
         self.decoder = ContentDecoder(content_encoding)
+        self.keep_bytes = keep_bytes  # keep a copy of the first N raw bytes (for flow inspection)
+        self.kept = bytearray()
         self.parser = SSEParser(max_event_bytes)
         self.observer = observer
         self.clock = clock
@@ -315,6 +318,8 @@ class SSETap:
         try:
             if chunk:
                 self.bytes_seen += len(chunk)
+                if len(self.kept) < self.keep_bytes:
+                    self.kept += chunk[: self.keep_bytes - len(self.kept)]
                 if self.first_byte_at is None:
                     self.first_byte_at = self.clock()
                 if self.error is None and not self.ended:

@@ -1,0 +1,212 @@
+"""Observability end to end: /metrics against a scripted run, promtool, a real Prometheus scrape,
+stored flows without tokens, the content view, scripts/status, mitmweb's loopback guard."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mitmproxy import io
+from prometheus_client.parser import text_string_to_metric_families
+
+from codex_pool import stream_view
+from codex_pool.contentview import ViewCodexStream
+from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
+from tests.support.procs import BIN, ROOT, FakeBackend, Proc, Proxy
+
+pytestmark = pytest.mark.e2e
+
+
+def samples(text):
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(metrics, name, **labels):
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    """A run with turns on two accounts, a failover and a refresh; flows written with -w."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    backend = FakeBackend(["alice", "bob"], pool)
+    flows = tmp_path / "flows.mitm"
+    originals = {p.name: json.loads(p.read_text())["tokens"] for p in pool.glob("*.json")}
+    (tmp_path / "original-tokens.json").write_text(json.dumps(originals))  # before the refresh rotates them
+    proxy = Proxy(backend.url, tmp_path / "proxy",
+                  f"pool_dir: {pool}\ndata_dir: data\npolicy: fill_first\ntoken_url: {backend.url}/oauth/token\n"
+                  "usage_poll_seconds: 0\n", extra=["-w", str(flows)])
+    with httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=30, trust_env=False) as c:
+        h = {"authorization": f"Bearer {CLIENT_TOKEN}"}
+        for key in ("one", "two", "one"):
+            assert c.post("/backend-api/codex/responses", json=turn_body(key), headers={**h, "session-id": key}).status_code == 200
+        backend.fault(kind="unauthorized", account="alice")  # refresh, then served on alice again
+        assert c.post("/backend-api/codex/responses", json=turn_body("one"), headers={**h, "session-id": "one"}).status_code == 200
+        backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3600)  # fails over to bob
+        assert c.post("/backend-api/codex/responses", json=turn_body("two"), headers={**h, "session-id": "two"}).status_code == 200
+    yield backend, proxy, tmp_path, flows
+    proxy.stop()
+    backend.stop()
+
+
+def test_metrics_match_the_scripted_run(scripted):
+    backend, proxy, tmp_path, _ = scripted
+    r = proxy.http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    m = samples(r.text)
+    turns = [x for x in backend.requests() if x["path"].startswith("/backend-api/codex/responses")]
+    for name in ("alice", "bob"):
+        ok = sum(1 for t in turns if t["account"] == name and t["status"] == 200)
+        assert value(m, "codex_pool_requests_total", account=name, kind="sse_turn", status_class="2xx") == ok
+        sent = backend.state()["accounts"][name]["usage_totals"]
+        assert value(m, "codex_pool_tokens_total", account=name, type="input") == sent["input_tokens"]
+        assert value(m, "codex_pool_tokens_total", account=name, type="cached_input") == sent["cached_tokens"]
+        assert value(m, "codex_pool_tokens_total", account=name, type="output") == sent["output_tokens"]
+    assert value(m, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="4xx") == 2  # 401 + 429
+    assert value(m, "codex_pool_failovers_total", reason="usage_limit_reached") == 1
+    assert value(m, "codex_pool_token_refreshes_total", account="alice", result="refreshed") == 1
+    assert value(m, "codex_pool_account_state", account="alice", state="limited") == 1
+    assert value(m, "codex_pool_account_usable", account="alice") == 0
+    assert value(m, "codex_pool_account_usable", account="bob") == 1
+    assert value(m, "codex_pool_accounts", state="usable") == 1 and value(m, "codex_pool_accounts", state="limited") == 1
+    assert value(m, "codex_pool_sticky_conversations") == 2
+    assert 0 < value(m, "codex_pool_account_used_ratio", account="bob", window="primary") < 1
+    assert value(m, "codex_pool_upstream_ttfb_seconds_count", kind="sse_turn") == len(turns)
+    for line in r.text.splitlines():  # every metric documented; no conversation ids or tokens in labels
+        if line.startswith("# TYPE"):
+            assert f"# HELP {line.split()[2]} " in r.text
+    for p in (tmp_path / "pool").glob("*.json"):
+        for token in json.loads(p.read_text())["tokens"].values():
+            assert token not in r.text
+
+
+def test_promtool_accepts_the_metrics(scripted):
+    promtool = Path(os.environ.get("CODEX_POOL_PROMETHEUS_BIN", "/usr/bin/prometheus")).with_name("promtool")
+    if not promtool.exists():
+        print("SKIP: promtool is not installed (scripts/install-prometheus could not install it)")
+        pytest.skip("promtool is not installed (scripts/install-prometheus could not install it)")
+    _, proxy, _, _ = scripted
+    done = subprocess.run([str(promtool), "check", "metrics"], input=proxy.http.get("/metrics").text,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_prometheus_scrapes_it(scripted):
+    binary = os.environ.get("CODEX_POOL_PROMETHEUS_BIN", "/usr/bin/prometheus")
+    if not Path(binary).exists():
+        print("SKIP: prometheus is not installed (scripts/install-prometheus could not install it)")
+        pytest.skip("prometheus is not installed (scripts/install-prometheus could not install it)")
+    backend, proxy, tmp_path, _ = scripted
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: codex-pool\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{proxy.port}']\n"
+    )
+    prom = Proc([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}"], ready=__import__("re").compile(r"Server is ready"), timeout=60)
+    try:
+        expected = sum(1 for t in backend.requests() if t["path"].startswith("/backend-api/codex/responses"))
+        deadline = time.monotonic() + 30
+        got = None
+        with httpx.Client(trust_env=False, timeout=10) as c:
+            while time.monotonic() < deadline:
+                r = c.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "sum(codex_pool_requests_total)"})
+                result = r.json()["data"]["result"]
+                if result:
+                    got = float(result[0]["value"][1])
+                    break
+                time.sleep(0.5)
+            up = c.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up{job='codex-pool'}"}).json()
+    finally:
+        prom.stop()
+    assert got == expected, (got, expected, prom.output()[-2000:])
+    assert up["data"]["result"][0]["value"][1] == "1"
+
+
+def test_stored_flows_hold_no_token_and_name_the_accounts(scripted):
+    backend, proxy, tmp_path, flows_file = scripted
+    proxy.stop()
+    stored = flows_file.read_bytes()
+    secret = ("access_token", "refresh_token", "id_token")  # account ids are not secrets: they go upstream as headers
+    minted = [v for tokens in json.loads((tmp_path / "original-tokens.json").read_text()).values()
+              for k, v in tokens.items() if k in secret]
+    for p in (tmp_path / "pool").glob("*.json"):
+        minted += [v for k, v in json.loads(p.read_text())["tokens"].items() if k in secret]
+    for account in ("alice", "bob"):  # the tokens the backend issued last (after the refresh)
+        auth = backend.control("GET", f"accounts/{account}/auth")
+        minted += [v for k, v in auth.get("tokens", auth.get("auth", {}).get("tokens", {})).items() if k in secret]
+    assert minted and all(t.encode() not in stored for t in minted if t)
+    with open(flows_file, "rb") as f:
+        flows = [fl for fl in io.FlowReader(f).stream() if fl.request.path.startswith("/backend-api/codex/responses")]
+    comments = [fl.comment for fl in flows]
+    assert all("account alice" in c or "account bob" in c for c in comments)
+    assert any("failed over (usage_limit_reached" in c for c in comments)
+    assert any(fl.marked for fl in flows)
+    assert any(fl.response and b"response.completed" in (fl.response.raw_content or b"") for fl in flows)  # body kept
+
+
+def test_content_view_renders_a_recorded_stream(scripted):
+    backend, proxy, tmp_path, flows_file = scripted
+    proxy.stop()
+    with open(flows_file, "rb") as f:
+        flow = next(fl for fl in io.FlowReader(f).stream()
+                    if fl.response and fl.response.status_code == 200 and fl.request.path.startswith("/backend-api/codex/responses"))
+    data = flow.response.get_content()
+    view = ViewCodexStream()
+    assert view.render_priority(data, content_type="text/event-stream") > 1
+    title, lines = view(data, content_type="text/event-stream")
+    text = "\n".join("".join(part for _, part in line) for line in lines)
+    assert title == "Codex stream"
+    assert "Answer from fake account" in text and "usage" in text and "rate limits" in text and "completed" in text
+    rendered = stream_view.render(stream_view.events_from_sse(data))
+    assert [label for label, _ in rendered][0] == "response"
+
+
+def test_scripts_status_on_a_known_pool_state(scripted):
+    backend, proxy, tmp_path, _ = scripted
+    cmd = [str(ROOT / "scripts" / "status"), "--config", str(proxy.config_path), "--url", proxy.url]
+    table = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("1/2 accounts usable · policy fill_first")
+    alice = next(line for line in lines if line.startswith("alice"))
+    bob = next(line for line in lines if line.startswith("bob"))
+    assert "limited (in 59m)" in alice or "limited (in 1h00m)" in alice
+    assert "usable" in bob and "%" in bob
+    short = subprocess.run(cmd + ["--short"], capture_output=True, text=True, timeout=60).stdout.strip()
+    assert short.startswith("pool 1/2 · alice limited · bob ") and short.endswith("%")
+    data = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=60).stdout)
+    rows = {r["account"]: r for r in data["accounts"]}
+    assert rows["alice"]["state"] == "limited" and rows["bob"]["sticky"] == 1 and rows["alice"]["sticky"] == 1
+    down = subprocess.run([str(ROOT / "scripts" / "status"), "--url", "http://127.0.0.1:9"], capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 1 and "cannot reach the proxy" in down.stderr
+
+
+def test_mitmweb_refuses_a_non_loopback_address(tmp_path):
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\n")
+    done = subprocess.run(
+        [str(BIN / "mitmweb"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+         "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}", "--set", f"pool_config={tmp_path / 'mitm.yaml'}",
+         "--set", "web_host=0.0.0.0", "--set", f"web_port={free_port()}", "--set", "web_open_browser=false"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "mitmweb 11.0.2 has no password" in done.stdout + done.stderr
