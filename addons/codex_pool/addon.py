@@ -69,6 +69,7 @@ class CodexPool:
         self.poller: UsagePoller | None = None
         self._background: set[asyncio.Task] = set()
         self._refreshed_after_401: dict[str, float] = {}
+        self._models_cache: dict[str, tuple[float, bytes, dict]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -469,6 +470,8 @@ class CodexPool:
             if paths.is_local(flow.request.path):
                 await local_endpoints.answer(self, flow)
                 return
+            if self._answer_from_models_cache(flow):
+                return
             if not paths.is_forwardable(flow.request.path):
                 answer_local(flow, 404, error_body(
                     "not_found", "not_forwarded",
@@ -478,6 +481,25 @@ class CodexPool:
             self._route(flow)
         except Exception as e:
             self._fail_closed(flow, e)
+
+    def _answer_from_models_cache(self, flow: http.HTTPFlow) -> bool:
+        """`GET /codex/models` is the same for every account: answer a recent copy locally."""
+        if flow.request.method != "GET" or paths.bare(flow.request.path) != paths.MODELS:
+            return False
+        cached = self._models_cache.get(flow.request.path)
+        if cached is None or time.time() - cached[0] > MODELS_CACHE_SECONDS:
+            return False
+        flow.response = http.Response.make(200, cached[1], cached[2])
+        flow.comment = "models list from the proxy's cache"
+        return True
+
+    def _remember_models(self, flow: http.HTTPFlow) -> None:
+        if (flow.request.method == "GET" and paths.bare(flow.request.path) == paths.MODELS
+                and flow.response is not None and flow.response.status_code == 200 and flow.response.raw_content):
+            headers = {k: v for k, v in flow.response.headers.items() if k.lower() in ("content-type", "content-encoding", "etag")}
+            self._models_cache[flow.request.path] = (time.time(), flow.response.raw_content, headers)
+            while len(self._models_cache) > 16:
+                self._models_cache.pop(next(iter(self._models_cache)))
 
     def _route(self, flow: http.HTTPFlow) -> None:
         now = time.time()
@@ -590,6 +612,7 @@ class CodexPool:
             if flow.websocket is None:
                 self._finish(flow)
                 self._record_http(flow, meta, tap.observer if tap is not None else None)
+                self._remember_models(flow)
         except Exception as e:
             log.error("codex-pool: response hook failed on %s: %s", flow.request.path, _describe(e))
 
@@ -768,6 +791,8 @@ class CodexPool:
             return
         try:
             message = flow.websocket.messages[-1]
+            if len(flow.websocket.messages) > 2 * WS_KEEP_MESSAGES:  # a long socket must not grow without bound
+                del flow.websocket.messages[:-WS_KEEP_MESSAGES]
             if message.from_client:
                 if message.is_text and b'"response.create"' in message.content:
                     self._ws_turns[flow.id] = _WsTurn(TurnObserver(), time.time(), ledger.model_from_body(message.content))
@@ -886,6 +911,8 @@ def answer_local(flow: http.HTTPFlow, status: int, body: bytes, content_type: st
 
 
 STATE_SAVE_SECONDS = 5.0
+MODELS_CACHE_SECONDS = 120.0
+WS_KEEP_MESSAGES = 200  # frames kept on a WebSocket flow (for mitmweb); older ones are dropped
 
 
 @dataclass

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
+from .client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
 from .local_answer import error_body, json_body
 from .metrics import CONTENT_TYPE
-from .paths import HEALTH, METRICS, bare
+from .paths import ACCOUNTS_CHECK, HEALTH, METRICS, TOKEN, bare
 
 if TYPE_CHECKING:
     from .addon import CodexPool
@@ -41,10 +42,9 @@ def _is_loopback(flow: http.HTTPFlow) -> bool:
     return ip.is_loopback
 
 
-def admin_allowed(flow: http.HTTPFlow, admin_token: str | None) -> str | None:
-    """None when allowed, else the reason to refuse."""
+def admin_allowed(flow: http.HTTPFlow, admin_token: str | None, given: str = "") -> str | None:
+    """None when allowed, else the reason to refuse. `given` is the request's Authorization value."""
     if admin_token:
-        given = flow.request.headers.get("authorization", "")
         expected = f"Bearer {admin_token}"
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
@@ -57,6 +57,10 @@ def admin_allowed(flow: http.HTTPFlow, admin_token: str | None) -> str | None:
 async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
     path = bare(flow.request.path)
     method = flow.request.method.upper()
+    given_auth = flow.request.headers.get("authorization", "")
+    for name in ("authorization", "cookie"):  # keep client and admin secrets out of stored flows
+        if name in flow.request.headers:
+            flow.request.headers[name] = "[redacted]"
     now = time.time()
     registry = addon.registry
     if path == HEALTH:
@@ -74,9 +78,13 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
             return _reply(flow, 200, json_body({"status": "ok", **counts}))
         return _reply(flow, 503, json_body({"status": "unavailable", "reason": addon.router.unavailable(now).message, **counts}))
 
-    refused = admin_allowed(flow, addon.config.admin_token if addon.config else None)
-    if "authorization" in flow.request.headers:  # keep the admin token out of stored flows
-        flow.request.headers["authorization"] = "[redacted]"
+    if path == ACCOUNTS_CHECK:
+        return _reply(flow, 200, json_body(workspace_routing(flow)))
+    if path == TOKEN:
+        if method != "POST":
+            return _reply(flow, 405, error_body("method_not_allowed", "method_not_allowed", "use POST /oauth/token"))
+        return _reply(flow, 200, json_body(client_refresh_answer()))
+    refused = admin_allowed(flow, addon.config.admin_token if addon.config else None, given_auth)
     if refused:
         return _reply(flow, 403, error_body("forbidden", "admin_forbidden", refused))
     if path == METRICS:
@@ -131,3 +139,43 @@ async def answer(addon: CodexPool, flow: http.HTTPFlow) -> None:
 
 
 ACCOUNT_ACTIONS = ("pin", "unpin", "disable", "enable")
+
+
+def proxy_origin(flow: http.HTTPFlow) -> str:
+    """This listener's own origin, from the socket the client connected to (never from a header the
+    client controls, so no request can steer Codex to another origin)."""
+    host, port = flow.client_conn.sockname[:2]
+    scheme = "https" if flow.client_conn.tls_established else "http"
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+def workspace_routing(flow: http.HTTPFlow) -> dict:
+    """Codex's `GET /wham/accounts/check`: the account the client believes it is maps to this proxy
+    with no routing constraint. Passed through, the real answer names chatgpt.com, and Codex would
+    then send model traffic there directly with its own token, bypassing the pool."""
+    client_account = flow.request.headers.get("chatgpt-account-id") or PLACEHOLDER_ACCOUNT_ID
+    return {
+        "accounts": [{
+            "id": client_account,
+            "name": "codex-pool",
+            "structure": "personal",
+            "plan_type": "pro",
+            "profile_picture_url": None,
+            "is_deactivated": False,
+            "can_access_with_session": True,
+            "sso_connection_name": None,
+            "is_fedramp_compliant_workspace": False,
+            "workspace_backend_origin": proxy_origin(flow),
+            "account_routing_override": "NO_CONSTRAINT",
+        }],
+        "account_ordering": [client_account],
+    }
+
+
+def client_refresh_answer() -> dict:
+    """A client's own token refresh: new placeholder tokens (far-future expiry). Pool tokens are
+    never involved and nothing goes to the real auth server."""
+    tokens = placeholder_client_auth()["tokens"]
+    return {"access_token": tokens["access_token"], "id_token": tokens["id_token"],
+            "refresh_token": tokens["refresh_token"], "token_type": "Bearer", "expires_in": 10 * 365 * 86400}

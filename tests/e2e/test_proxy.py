@@ -275,7 +275,7 @@ def test_admin_endpoints_require_the_admin_token_when_set(start):
 
 def test_only_the_backend_api_is_forwarded(start):
     backend, proxy = start(["alice"])
-    for path in ("/", "/auth/login", "/oauth/token", "/backend-apix"):
+    for path in ("/", "/auth/login", "/backend-apix"):
         r = proxy.http.get(path, headers={"authorization": f"Bearer {CLIENT_TOKEN}"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_forwarded", path
     assert proxy.http.get("/backend-api/codex/models?client_version=0.169.0").status_code == 200
@@ -291,3 +291,33 @@ def test_stream_large_bodies_is_refused_at_start(tmp_path):
             "--set", f"pool_config={tmp_path / 'mitm.yaml'}", "--set", "stream_large_bodies=1"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode != 0 and "stream_large_bodies: codex-pool must see a whole request" in done.stdout + done.stderr
+
+
+def test_workspace_routing_and_client_refresh_are_answered_locally(start):
+    backend, proxy = start(["alice"])
+    r = proxy.http.get("/backend-api/wham/accounts/check",
+                       headers={"chatgpt-account-id": "client-acct", "host": "evil.example", "x-forwarded-host": "evil.example",
+                                "authorization": f"Bearer {CLIENT_TOKEN}"})
+    [entry] = r.json()["accounts"]
+    assert entry["id"] == "client-acct" and entry["account_routing_override"] == "NO_CONSTRAINT"
+    assert entry["workspace_backend_origin"] == f"http://127.0.0.1:{proxy.port}"  # this listener, whatever the headers say
+    t = proxy.http.post("/oauth/token", json={"grant_type": "refresh_token", "refresh_token": "rt_client_own"})
+    assert t.status_code == 200 and t.json()["access_token"].count(".") == 2
+    assert backend.requests() == []  # neither went upstream
+
+
+def test_models_are_cached_briefly_and_compaction_follows_the_conversation(start):
+    backend, proxy = start(["alice", "bob"])
+    for _ in range(3):
+        r = proxy.http.get("/backend-api/codex/models?client_version=0.169.0")
+        assert r.status_code == 200 and r.json()
+    assert len([x for x in backend.requests() if x["path"].startswith("/backend-api/codex/models")]) == 1
+    assert turn(proxy, "compact-conv").status_code == 200
+    home = served_by(backend)[-1]
+    body = {"model": "gpt-5.1-codex", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}],
+            "instructions": "summarise"}
+    c = proxy.http.post("/backend-api/codex/responses/compact", json=body,
+                        headers={"session-id": "compact-conv", "authorization": f"Bearer {CLIENT_TOKEN}"})
+    assert c.status_code == 200
+    [compact] = [x for x in backend.requests() if x["path"].startswith("/backend-api/codex/responses/compact")]
+    assert compact["account"] == home
