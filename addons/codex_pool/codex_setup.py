@@ -64,11 +64,14 @@ def patch_config(existing: str, mode: str, proxy: str) -> str:
                 continue
         if skipping:
             continue
-        if section is None and re.match(rf"^\s*({'|'.join(TOP_KEYS)})\s*=", line):
+        if section is None and (re.match(rf"^\s*({'|'.join(TOP_KEYS)})\s*=", line)
+                                or line.startswith("# codex-pool (scripts/codex-setup")):
             continue  # replaced below
         out.append(line)
     while out and not out[-1].strip():
         out.pop()
+    while out and not out[0].strip():
+        out.pop(0)
     head = [f'{k} = "{v}"' for k, v in top_settings(mode, proxy).items()]
     text = "# codex-pool (scripts/codex-setup --mode " + mode + ")\n" + "\n".join(head) + "\n"
     rest = "\n".join(out)

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import quota
 from .accounts import AccountRegistry
-from .health import DISABLED, USABLE, Health
+from .health import DISABLED, USABLE
 from .ledger_store import AtomicJSONStorage
 from .router import Router
 

@@ -1,6 +1,5 @@
 """scripts/run: the demo end to end, and the command line it builds."""
 
-import os
 import re
 import signal
 import socket

@@ -157,3 +157,19 @@ async def test_requestheaders_drops_client_credentials_and_buffers_the_body(pool
         assert admin.request.headers["authorization"] == "Bearer client-token"  # admin_token checks need it
         with pytest.raises(Exception, match="stream_large_bodies"):
             tctx.configure(addon, stream_large_bodies="1")
+
+
+async def test_long_websocket_flows_keep_a_bounded_message_list(pool):
+    from mitmproxy import websocket
+
+    from codex_pool.flowtools import WS_KEEP_MESSAGES
+
+    addon = CodexPool()
+    with taddons.context(addon) as tctx:
+        await configured(tctx, addon, pool)
+        ws = tflow.twebsocketflow()
+        ws.metadata["codex_pool"] = {"account": "good", "in_flight": True}
+        for i in range(3 * WS_KEEP_MESSAGES):
+            ws.websocket.messages.append(websocket.WebSocketMessage(1, i % 2 == 0, b'{"type":"x"}'))
+            await addon.websocket_message(ws)
+        assert len(ws.websocket.messages) <= 2 * WS_KEEP_MESSAGES

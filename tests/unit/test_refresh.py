@@ -5,7 +5,6 @@ import asyncio
 import json
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest

@@ -1,6 +1,5 @@
 import json
 import random
-import time
 from pathlib import Path
 
 import httpx
