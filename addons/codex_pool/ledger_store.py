@@ -21,7 +21,6 @@ Everything here is blocking file I/O; the proxy runs it in a worker thread. No m
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
@@ -39,6 +38,8 @@ from typing import Any
 
 from tinydb import TinyDB
 from tinydb.storages import Storage
+
+from .fsutil import fsync_dir
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -76,15 +77,6 @@ class LedgerAppendError(OSError):
 # --- storage -----------------------------------------------------------------------------------
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # filesystems that cannot sync a directory
-            raise
-    finally:
-        os.close(fd)
 
 
 def _make_dir(folder: Path) -> None:
@@ -201,7 +193,7 @@ class AtomicJSONStorage(Storage):
             raise
         self._data, self._sig, self._known = data, sig, True
         try:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         except OSError:
             pass  # the new file is in place (and was fsynced); only the rename's durability is at stake
 
@@ -340,7 +332,7 @@ class LedgerStore:
             target = path.with_name(f"{path.name}{CORRUPT_MARK}{stamp}-{i}")
             i += 1
         os.rename(path, target)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return target
 
     # -- opening segments --

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth_file import _KEYS, _detect_style
+from .fsutil import fsync_dir
 
 _TOKEN_FIELDS = ("access_token", "id_token", "refresh_token")
 _LAST_REFRESH = {"snake": "last_refresh", "camel": "lastRefresh"}
@@ -208,15 +209,6 @@ def _set_last_refresh(doc: dict[str, Any], style: str, stamp: str) -> None:
         doc[key] = stamp
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # filesystems that cannot sync a directory
-            raise
-    finally:
-        os.close(fd)
 
 
 def write_tokens(path: Path, tokens: TokenSet, now: datetime) -> None:
@@ -270,7 +262,7 @@ def write_tokens(path: Path, tokens: TokenSet, now: datetime) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def remove_stale_temp_files(folder: Path, older_than_seconds: float = 60) -> list[Path]:
