@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from .client_home import placeholder_client_auth
+from .codex_setup import patch_config
 from .config import Config, ConfigError, default_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,27 +139,14 @@ def _wait_for_line(proc: subprocess.Popen, marker: str, timeout: float) -> str:
 
 
 def write_demo_codex_home(home: Path, proxy_url: str) -> Path:
-    """A CODEX_HOME for the demo: custom provider over http to the proxy, placeholder login."""
+    """A CODEX_HOME for the demo: what scripts/codex-setup --mode custom writes for a new home."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (home / "config.toml").write_text(codex_config_toml(proxy_url))
+    (home / "config.toml").write_text(patch_config("", "custom", proxy_url))
     auth = home / "auth.json"
     fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(placeholder_client_auth(), f, indent=2)
     return home
-
-
-def codex_config_toml(proxy_url: str) -> str:
-    return (
-        'model = "gpt-5.1-codex"\n'
-        'model_provider = "codex-pool"\n'
-        f'chatgpt_base_url = "{proxy_url}/backend-api/"\n'
-        "\n[model_providers.codex-pool]\n"
-        'name = "codex-pool"\n'
-        f'base_url = "{proxy_url}/backend-api/codex"\n'
-        'wire_api = "responses"\n'
-        "requires_openai_auth = true\n"
-    )
 
 
 def _tour(proxy_url: str, codex_home: Path, fake_url: str) -> None:

@@ -1,7 +1,7 @@
 """Putting rotated tokens back into a pool file safely, and keeping processes out of each other's way.
 
 Refresh tokens are single-use and one pool file may be shared by several proxy processes, so a refresh
-must run as: take `FileLock(path)`, `read_tokens(path)` (another process may already have refreshed),
+must run as: take `FileLock(path)`, re-read the file (another process may already have refreshed),
 refresh if still needed, `write_tokens(path, ...)`, release. `write_tokens` does not lock by itself:
 flock conflicts between two open files even inside one process, so locking there would deadlock a
 caller that already holds the lock.
@@ -157,34 +157,6 @@ def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any], os.stat_result]:
     if not isinstance(tokens, dict):
         raise TokenFileError(f'{path}: "tokens" is not an object')
     return doc, tokens, st
-
-
-def _read_field(path: Path, tokens: dict[str, Any], style: str, name: str) -> str | None:
-    other = "camel" if style == "snake" else "snake"
-    for s in (style, other):  # the file's dominant form first, but tolerate mixed files
-        value = tokens.get(_KEYS[s][name])
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value.strip():
-            raise TokenFileError(f"{path}: tokens.{_KEYS[s][name]} is not a non-empty string")
-        return value.strip()
-    return None
-
-
-def read_tokens(path: Path) -> TokenSet:
-    """The tokens in a pool file (snake_case or camelCase keys). TokenFileError when unreadable,
-    not JSON, without a tokens object or without an access token."""
-    path = Path(path)
-    _, tokens, _ = _load(path)
-    style = _detect_style(tokens)
-    access = _read_field(path, tokens, style, "access_token")
-    if access is None:
-        raise TokenFileError(f"{path}: tokens.{_KEYS[style]['access_token']} missing")
-    return TokenSet(
-        access_token=access,
-        id_token=_read_field(path, tokens, style, "id_token"),
-        refresh_token=_read_field(path, tokens, style, "refresh_token"),
-    )
 
 
 # --- writing ---------------------------------------------------------------------------------------

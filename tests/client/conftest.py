@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -32,13 +31,65 @@ def codex_env(home: Path, token_url: str) -> dict[str, str]:
     return env
 
 
-def run_codex(codex_bin: str, home: Path, workdir: Path, token_url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [codex_bin, "exec", "--skip-git-repo-check", *args],
-        cwd=workdir, env=codex_env(home, token_url), capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+class CodexWorld:
+    """The simulated backend (alice, bob), real mitmdump with our addon, and a Codex home written by
+    scripts/codex-setup. `codex(...)` runs `codex exec`; a refresh by Codex itself would go to the
+    backend's token endpoint, where tests can count it."""
+
+    def __init__(self, tmp_path: Path, codex_bin: str, mode: str, settings: str):
+        from codex_pool import codex_setup
+
+        from tests.support.procs import FakeBackend, Proxy
+
+        self.tmp_path, self.codex_bin = tmp_path, codex_bin
+        pool = tmp_path / "pool"
+        pool.mkdir()
+        self.backend = FakeBackend(["alice", "bob"], pool)
+        self.proxy = Proxy(self.backend.url, tmp_path / "proxy",
+                           f"pool_dir: {pool}\ndata_dir: data\ntoken_url: {self.backend.url}/oauth/token\n"
+                           f"usage_poll_seconds: 0\n{settings}")
+        self.home = tmp_path / "user" / "codex-home"
+        origin = f"{'https' if mode == 'native' else 'http'}://127.0.0.1:{self.proxy.port}"
+        assert codex_setup.main(["--mode", mode, "--home", str(self.home), "--proxy", origin,
+                                 "--config", str(self.proxy.config_path)]) == 0
+        self.ca = tmp_path / "proxy" / "confdir" / "mitmproxy-ca-cert.pem"
+
+    def codex(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        env = codex_env(self.home, f"{self.backend.url}/oauth/token")
+        env["CODEX_CA_CERTIFICATE"] = str(self.ca)
+        work = self.tmp_path / "work"
+        work.mkdir(exist_ok=True)
+        done = subprocess.run([self.codex_bin, "exec", "--skip-git-repo-check", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+        if ok:
+            assert done.returncode == 0, (f"codex failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}"
+                                          f"\n--- proxy:\n{self.proxy.output()[-3000:]}")
+        return done
+
+    def turns(self) -> list[dict]:
+        return [r for r in self.backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+
+    def client_refreshes(self) -> int:
+        """Token-endpoint calls Codex itself made (the proxy's own refreshes go there too: tests that
+        check this run without pool refreshes)."""
+        state = self.backend.state()
+        return state["token_calls_unknown"] + sum(a["token_calls"] for a in state["accounts"].values())
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        self.backend.stop()
 
 
-__all__ = ["run_codex", "shutil"]
+@pytest.fixture
+def codex_world(tmp_path, codex_bin):
+    """Factory: codex_world(mode="custom"|"native", settings="policy: ...\n") → CodexWorld."""
+    made = []
+
+    def make(mode: str = "custom", settings: str = "") -> CodexWorld:
+        world = CodexWorld(tmp_path, codex_bin, mode, settings)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        world.stop()

@@ -6,44 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from codex_pool import codex_setup
-from tests.client.conftest import codex_env
-from tests.support.procs import FakeBackend, Proxy
-
 pytestmark = [pytest.mark.client, pytest.mark.e2e]
 
 
 @pytest.fixture
-def native(tmp_path, codex_bin):
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    backend = FakeBackend(["alice", "bob"], pool)
-    proxy = Proxy(backend.url, tmp_path / "proxy",
-                  f"pool_dir: {pool}\ndata_dir: data\npolicy: round_robin\ntoken_url: {backend.url}/oauth/token\n"
-                  "ledger_flush_seconds: 0.5\nusage_poll_seconds: 0\n")
-    home = tmp_path / "user" / "codex-home"
-    origin = f"https://127.0.0.1:{proxy.port}"
-    assert codex_setup.main(["--mode", "native", "--home", str(home), "--proxy", origin,
-                             "--config", str(proxy.config_path)]) == 0
-    ca = tmp_path / "proxy" / "confdir" / "mitmproxy-ca-cert.pem"
-    assert ca.exists()
-
-    def codex(*args, ok=True):
-        import subprocess
-
-        env = codex_env(home, f"{origin}/oauth/token")
-        env["CODEX_CA_CERTIFICATE"] = str(ca)
-        work = tmp_path / "work"
-        work.mkdir(exist_ok=True)
-        done = subprocess.run([codex_bin, "exec", "--skip-git-repo-check", *args], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
-        if ok:
-            assert done.returncode == 0, f"codex failed:\n{done.stdout}\n{done.stderr[-3000:]}\n--- proxy:\n{proxy.output()[-3000:]}"
-        return done
-
-    yield backend, proxy, codex, tmp_path
-    proxy.stop()
-    backend.stop()
+def native(codex_world):
+    w = codex_world("native", "policy: round_robin\nledger_flush_seconds: 0.5\n")
+    assert w.ca.exists()
+    return w.backend, w.proxy, w.codex, w.tmp_path
 
 
 def pool_tokens(pool: Path):

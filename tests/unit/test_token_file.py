@@ -11,13 +11,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from codex_pool.token_file import (
     FileLock,
     TokenFileError,
     TokenSet,
     lock_path,
-    read_tokens,
     remove_stale_temp_files,
     write_tokens,
 )
@@ -86,7 +84,6 @@ def test_snake_file_keeps_unknown_keys_and_order(tmp_path):
     assert list(doc["tokens"]) == list(expected["tokens"])  # order inside tokens
     assert list(doc["agent_identity"]["inner"]) == ["keep", "n"]
     assert text.endswith("}\n") and '\n  "tokens": {\n    "id_token"' in text  # indent 2
-    assert read_tokens(f) == TokenSet("new-access", "new-id", "new-refresh")
 
 
 def test_camel_file_stays_camel(tmp_path):
@@ -102,7 +99,6 @@ def test_camel_file_stays_camel(tmp_path):
     }
     assert doc["lastRefresh"] == STAMP and "last_refresh" not in doc
     assert list(doc) == ["authMode", "tokens", "lastRefresh", "tool"] and doc["tool"] == {"name": "other-tool"}
-    assert read_tokens(f) == TokenSet("new-access", "new-id", "new-refresh")
 
 
 def test_none_fields_keep_old_values(tmp_path):
@@ -203,22 +199,6 @@ def test_symlinked_pool_file_is_updated_through_the_link(tmp_path):
     write_tokens(link, TokenSet("via-link", None, None), NOW)
     assert link.is_symlink()
     assert json.loads(real.read_text())["tokens"]["access_token"] == "via-link"
-
-
-# --- read_tokens ------------------------------------------------------------------------------------
-
-
-def test_read_tokens_both_forms_and_errors(tmp_path):
-    assert read_tokens(put(tmp_path / "a.json", snake_doc())) == TokenSet("old-access", "old-id", "old-refresh")
-    assert read_tokens(put(tmp_path / "b.json", camel_doc())) == TokenSet("old-access", "old-id", "old-refresh")
-    only_access = put(tmp_path / "c.json", {"tokens": {"access_token": "x"}})
-    assert read_tokens(only_access) == TokenSet("x", None, None)
-    with pytest.raises(TokenFileError, match=r"d\.json.*access_token missing"):
-        read_tokens(put(tmp_path / "d.json", {"tokens": {"id_token": "x"}}))
-    with pytest.raises(TokenFileError, match=r"e\.json.*not valid JSON"):
-        read_tokens(put(tmp_path / "e.json", "nope"))
-    with pytest.raises(TokenFileError, match=r"f\.json.*cannot read"):
-        read_tokens(tmp_path / "f.json")
 
 
 def test_tokens_not_in_repr():
