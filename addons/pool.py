@@ -6,6 +6,6 @@
 This file only wires the addon classes; the code lives in addons/codex_pool/.
 """
 
-from codex_pool.addon import CodexPool
+from codex_pool.mitm.addon import CodexPool
 
 addons = [CodexPool()]

@@ -37,7 +37,7 @@ class CodexWorld:
     backend's token endpoint, where tests can count it."""
 
     def __init__(self, tmp_path: Path, codex_bin: str, mode: str, settings: str):
-        from codex_pool import codex_setup
+        from codex_pool.cli import codex_setup
 
         from tests.support.procs import FakeBackend, Proxy
 

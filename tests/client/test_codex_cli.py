@@ -4,7 +4,7 @@
 import json
 
 import pytest
-from codex_pool.client_home import placeholder_client_auth
+from codex_pool.core.client_home import placeholder_client_auth
 
 pytestmark = [pytest.mark.client, pytest.mark.e2e]
 

@@ -53,7 +53,7 @@ def test_native_mode_turns_over_websocket_through_the_pool(native):
     assert later[-1]["account"] != upgrades[0]["account"]
     # usage from WebSocket turns is recorded like SSE turns
     proxy.stop()
-    from codex_pool.ledger_store import LedgerStore
+    from codex_pool.storage.ledger_store import LedgerStore
 
     records = list(LedgerStore(tmp_path / "proxy" / "data" / "ledger").query(None, None))
     ws = [r for r in records if r["kind"] == "ws_turn"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from codex_pool.config import parse_config
-from codex_pool.launcher import mitm_command
+from codex_pool.core.config import parse_config
+from codex_pool.cli.launcher import mitm_command
 from tests.support.procs import ROOT, Proc
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from codex_pool.ledger_store import LedgerStore
+from codex_pool.storage.ledger_store import LedgerStore
 from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
 from tests.support.procs import ROOT, FakeBackend, Proxy
 

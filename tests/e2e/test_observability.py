@@ -13,8 +13,8 @@ import pytest
 from mitmproxy import io
 from prometheus_client.parser import text_string_to_metric_families
 
-from codex_pool import stream_view
-from codex_pool.contentview import ViewCodexStream
+from codex_pool.core import stream_view
+from codex_pool.mitm.contentview import ViewCodexStream
 from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
 from tests.support.procs import BIN, ROOT, FakeBackend, Proc, Proxy
 

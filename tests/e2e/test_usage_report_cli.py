@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_pool.ledger_store import LedgerStore
+from codex_pool.storage.ledger_store import LedgerStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "usage-report"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from codex_pool.ledger_store import LedgerStore
+from codex_pool.storage.ledger_store import LedgerStore
 
 BASE_TS = 1_790_000_000.0  # 2026-09-21
 

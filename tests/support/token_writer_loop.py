@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from codex_pool.token_file import FileLock, TokenSet, write_tokens
+from codex_pool.storage.token_file import FileLock, TokenSet, write_tokens
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from codex_pool.addon import CodexPool
-from codex_pool.sse import SSETap
+from codex_pool.mitm.addon import CodexPool
+from codex_pool.core.sse import SSETap
 from tests.support.tokens import make_auth, write_auth
 
 
@@ -162,7 +162,7 @@ async def test_requestheaders_drops_client_credentials_and_buffers_the_body(pool
 async def test_long_websocket_flows_keep_a_bounded_message_list(pool):
     from mitmproxy import websocket
 
-    from codex_pool.flowtools import WS_KEEP_MESSAGES
+    from codex_pool.mitm.flowtools import WS_KEEP_MESSAGES
 
     addon = CodexPool()
     with taddons.context(addon) as tctx:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_pool.auth_file import AuthFileError, parse_auth
+from codex_pool.core.auth_file import AuthFileError, parse_auth
 from tests.support.tokens import make_auth, make_jwt
 
 P = Path("/pool/alice.json")

@@ -3,8 +3,8 @@ import tomllib
 
 import pytest
 
-from codex_pool import codex_setup
-from codex_pool.codex_setup import patch_config
+from codex_pool.cli import codex_setup
+from codex_pool.cli.codex_setup import patch_config
 
 PROXY = "http://127.0.0.1:8989"
 

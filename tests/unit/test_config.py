@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from codex_pool.config import ConfigError, load_config, parse_config
+from codex_pool.core.config import ConfigError, load_config, parse_config
 
 BASE = Path("/etc/codex")
 
@@ -67,7 +67,7 @@ def test_load_config_missing_file(tmp_path):
 
 
 def test_shipped_mitm_yaml_is_valid_and_documents_every_key():
-    from codex_pool import config as mod
+    from codex_pool.core import config as mod
 
     root = Path(__file__).resolve().parents[2]
     c = load_config(root / "mitm.yaml")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from codex_pool.conversation import conversation_key, from_body, from_headers, hash_key
+from codex_pool.core.conversation import conversation_key, from_body, from_headers, hash_key
 
 
 @pytest.mark.parametrize(

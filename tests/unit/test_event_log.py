@@ -2,7 +2,7 @@ import asyncio
 import json
 import os
 
-from codex_pool.event_log import EventLog
+from codex_pool.storage.event_log import EventLog
 from tests.support.tokens import make_jwt
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from codex_pool import failover
-from codex_pool.failover import ANSWER, PASS, RETRY, Chains, decide, retry_location
-from codex_pool.outcome import OK, Verdict
+from codex_pool.core import failover
+from codex_pool.core.failover import ANSWER, PASS, RETRY, Chains, decide, retry_location
+from codex_pool.core.outcome import OK, Verdict
 
 FAIL = Verdict("limited", "usage_limit_reached")
 

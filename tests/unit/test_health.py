@@ -1,5 +1,5 @@
-from codex_pool.health import HealthBook, HealthPolicy
-from codex_pool.outcome import OK, Verdict
+from codex_pool.core.health import HealthBook, HealthPolicy
+from codex_pool.core.outcome import OK, Verdict
 
 T = 1_000_000.0
 COOL = Verdict("cooldown", "server_error_503", "upstream said no")

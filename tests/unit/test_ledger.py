@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from codex_pool.ledger import LedgerWriter, build_record, model_from_body, request_kind
+from codex_pool.core.ledger import LedgerWriter, build_record, model_from_body, request_kind
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tinydb import TinyDB
 
-from codex_pool.ledger_store import (
+from codex_pool.storage.ledger_store import (
     AtomicJSONStorage,
     LedgerAppendError,
     LedgerFileError,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from codex_pool import quota
-from codex_pool.outcome import (classify_http, classify_stream_failure, classify_transport_error, classify_ws_error,
+from codex_pool.core import quota
+from codex_pool.core.outcome import (classify_http, classify_stream_failure, classify_transport_error, classify_ws_error,
                                 try_again_seconds)
 
 NOW = 1_800_000_000.0

@@ -1,7 +1,7 @@
 import os
 import time
 
-from codex_pool.pool_folder import PoolFolder
+from codex_pool.storage.pool_folder import PoolFolder
 from tests.support.tokens import make_auth, write_auth
 
 

@@ -1,4 +1,4 @@
-from codex_pool import quota
+from codex_pool.core import quota
 
 NOW = 1_000_000.0
 

@@ -1,6 +1,6 @@
 import pytest
 
-from codex_pool.redact import is_client_credential, redact
+from codex_pool.core.redact import is_client_credential, redact
 from tests.support.tokens import make_jwt
 
 

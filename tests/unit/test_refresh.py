@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from codex_pool import refresh_policy
-from codex_pool.auth_file import parse_auth
-from codex_pool.refresher import ADOPTED, PERMANENT, REFRESHED, TRANSIENT, Refresher
-from codex_pool.token_file import FileLock
-from codex_pool.token_keeper import TokenKeeper
+from codex_pool.core import refresh_policy
+from codex_pool.core.auth_file import parse_auth
+from codex_pool.upstream.refresher import ADOPTED, PERMANENT, REFRESHED, TRANSIENT, Refresher
+from codex_pool.storage.token_file import FileLock
+from codex_pool.upstream.token_keeper import TokenKeeper
 from tests.support.tokens import make_auth, make_jwt, write_auth
 
 NOW = time.time()

@@ -1,10 +1,10 @@
 import time
 from pathlib import Path
 
-from codex_pool.accounts import AccountRegistry
-from codex_pool.auth_file import parse_auth
-from codex_pool.pool_folder import PoolScan
-from codex_pool.router import NoRoute, Router
+from codex_pool.core.accounts import AccountRegistry
+from codex_pool.core.auth_file import parse_auth
+from codex_pool.storage.pool_folder import PoolScan
+from codex_pool.core.router import NoRoute, Router
 import json
 
 from tests.support.tokens import make_auth
@@ -83,7 +83,7 @@ def test_pin_wins_while_usable_without_taking_conversations_over():
     assert router.route("new", now + 4).account.name == "b"  # born under the pin: stays there
 
 
-from codex_pool.outcome import Verdict
+from codex_pool.core.outcome import Verdict
 
 COOL = Verdict("cooldown", "server_error_503")
 

@@ -1,6 +1,6 @@
 import pytest
 
-from codex_pool.selection import Candidate, Choice, choose
+from codex_pool.core.selection import Candidate, Choice, choose
 
 A, B, C = "alice", "bob", "carol"
 

@@ -1,4 +1,4 @@
-"""Tests for codex_pool.sse: content decoding, SSE parsing and the pass-through stream tap."""
+"""Tests for codex_pool.core.sse: content decoding, SSE parsing and the pass-through stream tap."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codex_pool.sse import ContentDecoder, SSEEvent, SSEParser, SSETap, parse_json_events
-from codex_pool.turn import TurnObserver
+from codex_pool.core.sse import ContentDecoder, SSEEvent, SSEParser, SSETap, parse_json_events
+from codex_pool.core.turn import TurnObserver
 
 USAGE = {
     "input_tokens": 5230,

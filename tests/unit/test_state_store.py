@@ -2,13 +2,13 @@ import json
 import time
 from pathlib import Path
 
-from codex_pool import quota
-from codex_pool.accounts import AccountRegistry
-from codex_pool.auth_file import parse_auth
-from codex_pool.outcome import Verdict
-from codex_pool.pool_folder import PoolScan
-from codex_pool.router import Router
-from codex_pool.state_store import StateFile, restore, snapshot
+from codex_pool.core import quota
+from codex_pool.core.accounts import AccountRegistry
+from codex_pool.core.auth_file import parse_auth
+from codex_pool.core.outcome import Verdict
+from codex_pool.storage.pool_folder import PoolScan
+from codex_pool.core.router import Router
+from codex_pool.core.state import StateFile, restore, snapshot
 from tests.support.tokens import make_auth
 
 NOW = time.time()

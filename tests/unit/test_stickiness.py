@@ -1,4 +1,4 @@
-from codex_pool.stickiness import StickyMap
+from codex_pool.core.stickiness import StickyMap
 
 
 def test_entry_lives_while_used_and_expires_when_idle():

@@ -1,6 +1,6 @@
 import json
 
-from codex_pool import stream_view
+from codex_pool.core import stream_view
 
 
 def sse(events):

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from codex_pool.token_file import (
+from codex_pool.storage.token_file import (
     FileLock,
     TokenFileError,
     TokenSet,
@@ -228,7 +228,7 @@ def test_remove_stale_temp_files_only_old_and_ours(tmp_path):
 HOLDER = """
 import sys
 from pathlib import Path
-from codex_pool.token_file import FileLock
+from codex_pool.storage.token_file import FileLock
 lock = FileLock(Path(sys.argv[1]))
 lock.acquire(5)
 print("locked", flush=True)

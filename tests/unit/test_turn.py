@@ -1,4 +1,4 @@
-"""Tests for codex_pool.turn: Usage parsing and the per-turn event observer."""
+"""Tests for codex_pool.core.turn: Usage parsing and the per-turn event observer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from codex_pool.turn import MAX_RATE_LIMIT_EVENTS, TurnObserver, Usage, is_delta_event
+from codex_pool.core.turn import MAX_RATE_LIMIT_EVENTS, TurnObserver, Usage, is_delta_event
 
 FULL_USAGE = {
     "input_tokens": 1200,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import httpx
 
-from codex_pool.auth_file import parse_auth
-from codex_pool.usage_poller import PAUSE_AFTER_403, UsagePoller
+from codex_pool.core.auth_file import parse_auth
+from codex_pool.upstream.usage_poller import PAUSE_AFTER_403, UsagePoller
 from tests.support.tokens import make_auth
 
 NOW = 1_800_000_000.0

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from codex_pool.usage_report import (
+from codex_pool.core.usage_report import (
     COUNT_FIELDS,
     TABLE_TITLES,
     aggregate,

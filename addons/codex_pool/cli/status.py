@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, default_config, load_config
+from codex_pool.core.config import ConfigError, default_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from .outcome import Verdict
+from codex_pool.core.outcome import Verdict
 
 MARKER = "codex-pool-retry"
 CHAIN_TTL = 300.0

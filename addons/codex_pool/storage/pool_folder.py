@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .auth_file import Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
 
 MAX_FILE_BYTES = 1 << 20  # an auth.json is a few KB; anything this large is not one
 

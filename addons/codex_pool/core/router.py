@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .accounts import AccountRegistry, iso
-from .auth_file import Account
-from .health import COOLING, DISABLED, LIMITED
-from .selection import choose
-from .stickiness import StickyMap
+from codex_pool.core.accounts import AccountRegistry, iso
+from codex_pool.core.auth_file import Account
+from codex_pool.core.health import COOLING, DISABLED, LIMITED
+from codex_pool.core.selection import choose
+from codex_pool.core.stickiness import StickyMap
 
 
 @dataclass(frozen=True)

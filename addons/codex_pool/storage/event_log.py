@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .redact import redact
+from codex_pool.core.redact import redact
 
 log = logging.getLogger("codex_pool")
 

@@ -21,9 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .client_home import placeholder_client_auth
-from .codex_setup import patch_config
-from .config import Config, ConfigError, default_config, load_config
+from codex_pool.core.client_home import placeholder_client_auth
+from codex_pool.cli.codex_setup import patch_config
+from codex_pool.core.config import Config, ConfigError, default_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "addons" / "pool.py"

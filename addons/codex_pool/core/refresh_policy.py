@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .auth_file import Account
+from codex_pool.core.auth_file import Account
 
 STALE_AFTER = 8 * 24 * 3600  # Codex's rule for tokens without `exp`
 PERMANENT_CODES = frozenset(

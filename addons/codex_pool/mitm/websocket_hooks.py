@@ -9,10 +9,11 @@ import time
 
 from mitmproxy import http
 
-from . import ledger, quota
-from .flowtools import META, WS_KEEP_MESSAGES, WsTurn, describe
-from .outcome import classify_ws_error
-from .turn import TurnObserver
+from codex_pool.core import ledger
+from codex_pool.core import quota
+from codex_pool.mitm.flowtools import META, WS_KEEP_MESSAGES, WsTurn, describe
+from codex_pool.core.outcome import classify_ws_error
+from codex_pool.core.turn import TurnObserver
 
 log = logging.getLogger("codex_pool")
 

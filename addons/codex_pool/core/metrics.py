@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .health import COOLING, DISABLED, LIMITED, USABLE
+from codex_pool.core.health import COOLING, DISABLED, LIMITED, USABLE
 
 STATES = (USABLE, COOLING, LIMITED, DISABLED, "expired")
 TOKEN_TYPES = (("input_tokens", "input"), ("cached_input_tokens", "cached_input"), ("output_tokens", "output"),

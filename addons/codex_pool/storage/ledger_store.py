@@ -39,7 +39,7 @@ from typing import Any
 from tinydb import TinyDB
 from tinydb.storages import Storage
 
-from .fsutil import fsync_dir
+from codex_pool.storage.files import fsync_dir
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .outcome import Verdict
+from codex_pool.core.outcome import Verdict
 
 USABLE, COOLING, LIMITED, DISABLED = "usable", "cooling", "limited", "disabled"
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .quota import RateLimits
+from codex_pool.core.quota import RateLimits
 
 USAGE_LIMIT_CODES = frozenset({"usage_limit_reached", "usage_not_included", "insufficient_quota"})
 OVERLOAD_CODES = frozenset({"server_is_overloaded", "slow_down"})

@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .auth_file import _KEYS, _detect_style
-from .fsutil import fsync_dir
+from codex_pool.core.auth_file import _KEYS, _detect_style
+from codex_pool.storage.files import fsync_dir
 
 _TOKEN_FIELDS = ("access_token", "id_token", "refresh_token")
 _LAST_REFRESH = {"snake": "last_refresh", "camel": "lastRefresh"}

@@ -11,15 +11,16 @@ from typing import Any
 from mitmproxy import ctx
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
-from . import ledger, state_store
-from .config import Config, ConfigError, load_config
-from .flowtools import describe, mtime_ns
-from .health import HealthEvent
-from .ledger_store import LedgerStore
-from .pool_folder import PoolScan
-from .refresher import PERMANENT, Refresher, RefreshResult
-from .token_keeper import TokenKeeper
-from .usage_poller import UsagePoller
+from codex_pool.core import ledger
+from codex_pool.core import state as state_store
+from codex_pool.core.config import Config, ConfigError, load_config
+from codex_pool.mitm.flowtools import describe, mtime_ns
+from codex_pool.core.health import HealthEvent
+from codex_pool.storage.ledger_store import LedgerStore
+from codex_pool.storage.pool_folder import PoolScan
+from codex_pool.upstream.refresher import PERMANENT, Refresher, RefreshResult
+from codex_pool.upstream.token_keeper import TokenKeeper
+from codex_pool.upstream.usage_poller import UsagePoller
 
 log = logging.getLogger("codex_pool")
 
@@ -81,7 +82,7 @@ class BackgroundWork:
 
     async def usage_report(self, since: str | None, until: str | None, group: str) -> dict:
         """The ledger aggregated like scripts/usage-report --json (queued records included)."""
-        from . import usage_report
+        from codex_pool.core import usage_report
 
         start = usage_report.parse_when(since, end_of_day=False) if since else None
         end = usage_report.parse_when(until, end_of_day=True) if until else None

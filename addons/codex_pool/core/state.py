@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import quota
-from .accounts import AccountRegistry
-from .health import DISABLED, USABLE
-from .ledger_store import AtomicJSONStorage
-from .router import Router
+from codex_pool.core import quota
+from codex_pool.core.accounts import AccountRegistry
+from codex_pool.core.health import DISABLED, USABLE
+from codex_pool.storage.ledger_store import AtomicJSONStorage
+from codex_pool.core.router import Router
 
 VERSION = 1
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from .redact import is_client_credential, redact
-from .turn import TurnObserver
+from codex_pool.core.redact import is_client_credential, redact
+from codex_pool.core.turn import TurnObserver
 
 log = logging.getLogger("codex_pool")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from . import refresh_policy
-from .auth_file import Account, AuthFileError, parse_auth
-from .token_file import FileLock, TokenFileError, TokenSet, write_tokens
+from codex_pool.core import refresh_policy
+from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, write_tokens
 
 log = logging.getLogger("codex_pool")
 
@@ -144,7 +144,7 @@ class Refresher:
 def _with_tokens(account: Account, tokens: TokenSet) -> Account:
     from dataclasses import replace
 
-    from .auth_file import decode_claims
+    from codex_pool.core.auth_file import decode_claims
 
     try:
         exp = decode_claims(tokens.access_token).get("exp")

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from .client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
-from .local_answer import error_body, json_body
-from .metrics import CONTENT_TYPE
-from .paths import ACCOUNTS_CHECK, HEALTH, METRICS, TOKEN, bare
+from codex_pool.core.client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
+from codex_pool.core.bodies import error_body, json_body
+from codex_pool.core.metrics import CONTENT_TYPE
+from codex_pool.core.paths import ACCOUNTS_CHECK, HEALTH, METRICS, TOKEN, bare
 
 if TYPE_CHECKING:
-    from .addon import CodexPool
+    from codex_pool.mitm.addon import CodexPool
 
 def _reply(flow: http.HTTPFlow, status: int, body: bytes) -> None:
     flow.response = http.Response.make(status, body, {"content-type": "application/json", "cache-control": "no-store"})

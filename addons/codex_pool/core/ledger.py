@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .paths import bare
+from codex_pool.core.paths import bare
 
 log = logging.getLogger("codex_pool")
 

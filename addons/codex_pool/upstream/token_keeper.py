@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import refresh_policy
-from .auth_file import Account
-from .refresher import PERMANENT, RefreshResult, Refresher
+from codex_pool.core import refresh_policy
+from codex_pool.core.auth_file import Account
+from codex_pool.upstream.refresher import PERMANENT, RefreshResult, Refresher
 
 
 MIN_INTERVAL = 300.0  # seconds between proactive refreshes of one account

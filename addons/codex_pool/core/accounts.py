@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .auth_file import Account
-from .health import DISABLED, HealthBook, HealthEvent
-from .pool_folder import PoolScan, Problem
-from .quota import QuotaTracker, RateLimits
-from .selection import Candidate
+from codex_pool.core.auth_file import Account
+from codex_pool.core.health import DISABLED, HealthBook, HealthEvent
+from codex_pool.storage.pool_folder import PoolScan, Problem
+from codex_pool.core.quota import QuotaTracker, RateLimits
+from codex_pool.core.selection import Candidate
 
 
 @dataclass

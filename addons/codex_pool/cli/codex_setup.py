@@ -24,8 +24,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from .client_home import placeholder_client_auth
-from .config import ConfigError, default_config, load_config
+from codex_pool.core.client_home import placeholder_client_auth
+from codex_pool.core.config import ConfigError, default_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDER = "codex-pool"

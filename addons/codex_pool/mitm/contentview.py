@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mitmproxy.contentviews import base
 
-from . import stream_view
+from codex_pool.core import stream_view
 
 
 class ViewCodexStream(base.View):

@@ -15,12 +15,18 @@ from pathlib import Path
 import httpx
 from mitmproxy import ctx, exceptions, http
 
-from . import conversation, failover, ledger, local_endpoints, paths, quota, state_store
-from .accounts import AccountRegistry
-from .addon_background import BackgroundWork
-from .config import Config, ConfigError, default_config, load_config
-from .event_log import EventLog
-from .flowtools import (
+from codex_pool.core import conversation
+from codex_pool.core import failover
+from codex_pool.core import ledger
+from codex_pool.mitm import local_endpoints
+from codex_pool.core import paths
+from codex_pool.core import quota
+from codex_pool.core import state as state_store
+from codex_pool.core.accounts import AccountRegistry
+from codex_pool.mitm.background import BackgroundWork
+from codex_pool.core.config import Config, ConfigError, default_config, load_config
+from codex_pool.storage.event_log import EventLog
+from codex_pool.mitm.flowtools import (
     META,
     MODELS_CACHE_SECONDS,
     WsTurn,
@@ -35,10 +41,10 @@ from .flowtools import (
     outcome_of,
     redact_request,
 )
-from .health import HealthPolicy
-from .local_answer import error_body
-from .metrics import PoolMetrics
-from .outcome import (
+from codex_pool.core.health import HealthPolicy
+from codex_pool.core.bodies import error_body
+from codex_pool.core.metrics import PoolMetrics
+from codex_pool.core.outcome import (
     OK,
     Verdict,
     classify_http,
@@ -46,14 +52,14 @@ from .outcome import (
     classify_transport_error,
     classify_ws_error,
 )
-from .pool_folder import PoolFolder, PoolScan
-from .refresher import PERMANENT
-from .router import NoRoute, Route, Router
-from .sse import SSETap
-from .token_keeper import TokenKeeper
-from .turn import TurnObserver
-from .usage_poller import UsagePoller
-from .websocket_hooks import WebSocketHooks
+from codex_pool.storage.pool_folder import PoolFolder, PoolScan
+from codex_pool.upstream.refresher import PERMANENT
+from codex_pool.core.router import NoRoute, Route, Router
+from codex_pool.core.sse import SSETap
+from codex_pool.upstream.token_keeper import TokenKeeper
+from codex_pool.core.turn import TurnObserver
+from codex_pool.upstream.usage_poller import UsagePoller
+from codex_pool.mitm.websocket_hooks import WebSocketHooks
 
 log = logging.getLogger("codex_pool")
 
@@ -93,7 +99,7 @@ class CodexPool(BackgroundWork, WebSocketHooks):
     def load(self, loader) -> None:
         from mitmproxy import contentviews
 
-        from .contentview import ViewCodexStream
+        from codex_pool.mitm.contentview import ViewCodexStream
 
         if contentviews.get(ViewCodexStream.name) is None:  # once per process (hot reloads included)
             contentviews.add(ViewCodexStream())

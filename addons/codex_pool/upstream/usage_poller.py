@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from . import quota
-from .auth_file import Account
+from codex_pool.core import quota
+from codex_pool.core.auth_file import Account
 
 PAUSE_AFTER_403 = 6 * 3600.0
 USAGE_PATH = "/backend-api/wham/usage"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .sse import ContentDecoder, SSEParser
+from codex_pool.core.sse import ContentDecoder, SSEParser
 
 MAX_LINE = 400
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 import brotli
 import zstandard
 
-from .turn import TurnObserver
+from codex_pool.core.turn import TurnObserver
 
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 
