@@ -3,9 +3,36 @@
     mitmdump -s addons/pool.py --mode reverse:https://chatgpt.com@127.0.0.1:8989 \
         --set connection_strategy=lazy --set pool_config=mitm.yaml
 
-This file only wires the addon classes; the code lives in addons/codex_pool/.
+The pipeline, one small addon per concern (as mitmproxy's own default_addons() lists its own),
+all sharing one explicit `Pool`. Order matters: hooks run in this order for each event.
 """
 
-from codex_pool.mitm.addon import CodexPool
+import time
 
-addons = [CodexPool()]
+from codex_pool.core.pool import Pool
+from codex_pool.mitm.commands import Commands
+from codex_pool.mitm.contentview import CodexStreamView
+from codex_pool.mitm.endpoints import LocalEndpoints
+from codex_pool.mitm.guard import CredentialGuard
+from codex_pool.mitm.lifecycle import Lifecycle
+from codex_pool.mitm.models_cache import ModelsCache
+from codex_pool.mitm.routing import Routing
+from codex_pool.mitm.verdicts import Verdicts
+from codex_pool.mitm.websockets import WebSocketTurns
+from codex_pool.upstream.tokens import TokenService
+
+pool = Pool(clock=time.time)
+tokens = TokenService(pool)
+lifecycle = Lifecycle(pool, tokens)
+
+addons = [
+    lifecycle,  # the pool_config option, mitm.yaml → pool, background services
+    CodexStreamView(),  # the "Codex stream" content view in mitmweb
+    CredentialGuard(),  # requestheaders: client credentials never go upstream; refuses unsafe settings
+    LocalEndpoints(pool, lifecycle),  # request: /healthz, /metrics, /admin/*, accounts/check, /oauth/token
+    ModelsCache(pool),  # request: a recent models list answered locally; response: keep a copy
+    Routing(pool),  # request: account + credentials, or an honest local answer
+    Verdicts(pool, tokens),  # responseheaders/response/error: stream tap, failover, ledger
+    WebSocketTurns(pool, tokens),  # websocket_message/_end: turns, error frames, ledger
+    Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts
+]

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import gzip
 import hashlib
-import io
 import json
 import logging
 import ssl
@@ -101,9 +100,12 @@ def decode_body(raw: bytes, encoding: str | None) -> bytes:
         if enc in ("identity",):
             continue
         if enc == "zstd":
-            import zstandard
+            try:
+                from compression import zstd  # Python 3.14+
+            except ImportError:
+                from backports import zstd  # what mitmproxy 12.3 installs below 3.14
 
-            raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True).read()
+            raw = zstd.decompress(raw)  # every frame
         elif enc in ("gzip", "x-gzip"):
             raw = gzip.decompress(raw)
         elif enc == "deflate":
@@ -631,6 +633,8 @@ class FakeChatGPT:
             if i and outcome.delay:
                 await asyncio.sleep(outcome.delay)
             chunk = R.sse_encode(event)
+            if self.config.event_timestamps:  # benchmark knob: when this event left, for per-event delay
+                chunk = b": t=%d\n" % time.monotonic_ns() + chunk
             await self._send(conn, writer, h11.Data(data=chunk))
             digest.update(chunk)
             entry["response_sha256"] = digest.hexdigest()

@@ -50,6 +50,7 @@ class Config:
     workspace_backend_origin: str | None = None  # accounts/check origin; None = this server
     models_patch: dict | None = None  # keys merged into every /codex/models entry
     log_bodies: bool = False  # keep decoded JSON bodies of model requests in the request log
+    event_timestamps: bool = False  # benchmarks: ": t=<CLOCK_MONOTONIC ns>" comment line before each SSE event
 
     def update(self, changes: dict) -> None:
         known = {f.name: f for f in fields(self)}

@@ -2,6 +2,7 @@
 (the Codex home written by scripts/codex-setup --mode custom)."""
 
 import json
+import time
 
 import pytest
 from codex_pool.core.client_home import placeholder_client_auth
@@ -17,7 +18,7 @@ def test_codex_exec_resume_and_a_second_conversation(codex_world):
     [t1] = w.turns()
     assert t1["status"] == 200 and t1["account"] in ("alice", "bob")
     assert t1["session_id"]  # Codex's thread id, the conversation key
-    placeholder = placeholder_client_auth()["tokens"]["account_id"]
+    placeholder = placeholder_client_auth(time.time())["tokens"]["account_id"]
     assert placeholder not in json.dumps([r["headers"] for r in w.backend.requests()])  # only pool credentials upstream
 
     resumed = w.codex("resume", "--last", "and again")

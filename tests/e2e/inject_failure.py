@@ -5,7 +5,7 @@ from mitmproxy import ctx
 
 class InjectFailure:
     def running(self):
-        pool = ctx.master.addons.get("codexpool")
+        pool = ctx.master.addons.get("routing").pool  # the Pool every codex-pool addon shares
 
         def broken(*args, **kwargs):
             raise RuntimeError("injected failure for the fail-closed test")

@@ -2,6 +2,7 @@
 stored flows without tokens, the content view, scripts/status, mitmweb's loopback guard."""
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from mitmproxy import io
+from mitmproxy import contentviews, io
+from mitmproxy.test import taddons
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_pool.core import stream_view
-from codex_pool.mitm.contentview import ViewCodexStream
+from codex_pool.mitm.contentview import codex_stream
 from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
 from tests.support.procs import BIN, ROOT, FakeBackend, Proc, Proxy
 
@@ -170,11 +172,11 @@ def test_content_view_renders_a_recorded_stream(scripted):
         flow = next(fl for fl in io.FlowReader(f).stream()
                     if fl.response and fl.response.status_code == 200 and fl.request.path.startswith("/backend-api/codex/responses"))
     data = flow.response.get_content()
-    view = ViewCodexStream()
-    assert view.render_priority(data, content_type="text/event-stream") > 1
-    title, lines = view(data, content_type="text/event-stream")
-    text = "\n".join("".join(part for _, part in line) for line in lines)
-    assert title == "Codex stream"
+    contentviews.add(codex_stream)  # as the addon's load() does
+    with taddons.context():  # mitmweb's choice reads the options
+        result = contentviews.prettify_message(flow.response, flow)  # "auto": what mitmweb shows by default
+    assert result.view_name == "Codex stream"
+    text = result.text
     assert "Answer from fake account" in text and "usage" in text and "rate limits" in text and "completed" in text
     rendered = stream_view.render(stream_view.events_from_sse(data))
     assert [label for label, _ in rendered][0] == "response"
@@ -201,12 +203,27 @@ def test_scripts_status_on_a_known_pool_state(scripted):
     assert down.returncode == 1 and "cannot reach the proxy" in down.stderr
 
 
-def test_mitmweb_refuses_a_non_loopback_address(tmp_path):
-    (tmp_path / "pool").mkdir()
+def _mitmweb(tmp_path, *settings):
+    (tmp_path / "pool").mkdir(exist_ok=True)
     (tmp_path / "mitm.yaml").write_text("pool_dir: pool\n")
-    done = subprocess.run(
-        [str(BIN / "mitmweb"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
-         "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}", "--set", f"pool_config={tmp_path / 'mitm.yaml'}",
-         "--set", "web_host=0.0.0.0", "--set", f"web_port={free_port()}", "--set", "web_open_browser=false"],
-        capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "mitmweb 11.0.2 has no password" in done.stdout + done.stderr
+    return [str(BIN / "mitmweb"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
+            "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}",
+            "--set", f"pool_config={tmp_path / 'mitm.yaml'}", "--set", "web_open_browser=false", *settings]
+
+
+def test_mitmweb_beyond_loopback_is_refused_without_a_password(tmp_path):
+    done = subprocess.run(_mitmweb(tmp_path, "--set", "web_host=0.0.0.0", "--set", f"web_port={free_port()}"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "without a password" in done.stdout + done.stderr
+    assert "web_password" in done.stdout + done.stderr
+
+
+def test_mitmweb_beyond_loopback_starts_with_a_password_and_asks_for_it(tmp_path):
+    port = free_port()
+    web = Proc(_mitmweb(tmp_path, "--set", "web_host=0.0.0.0", "--set", f"web_port={port}",
+                        "--set", "web_password=team-read-secret"), re.compile(r"Web server listening"))
+    try:
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/flows", timeout=10)
+        assert anonymous.status_code in (401, 403)  # nobody reads flows without the password
+    finally:
+        web.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import zstandard
+from codex_pool.core import zstd
 
 from tests.support.procs import BIN, ROOT, FakeBackend, Proxy
 
@@ -79,7 +79,7 @@ def test_upstream_sees_pool_credentials_never_the_clients(start, tmp_path):
 def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(start):
     backend, proxy = start(["alice", "bob", "carol"])
     raw = json.dumps(turn_body("zstd-conv", "compressed " * 200)).encode()
-    packed = zstandard.ZstdCompressor().compress(raw)
+    packed = zstd.compress(raw)
     for _ in range(3):
         r = turn(proxy, None, headers={"content-encoding": "zstd"}, body=packed)
         assert r.status_code == 200, r.text

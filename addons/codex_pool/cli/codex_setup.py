@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import re
 import sys
@@ -24,10 +23,11 @@ import time
 import tomllib
 from pathlib import Path
 
-from codex_pool.core.client_home import placeholder_client_auth
-from codex_pool.core.config import ConfigError, default_config, load_config
+from codex_pool.storage.codex_home import write_placeholder_auth
+from codex_pool.cli.project import project_root
+from codex_pool.core.config import ConfigError, default_config
+from codex_pool.storage.config_file import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
 PROVIDER = "codex-pool"
 TOP_KEYS = ("model_provider", "chatgpt_base_url", "openai_base_url")
 
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=None, help="the proxy's settings (default: the project's mitm.yaml)")
     p.add_argument("--yes", action="store_true", help="apply changes to an existing config.toml (a backup is kept)")
     args = p.parse_args(argv)
-    cfg_path = args.config or ROOT / "mitm.yaml"
+    cfg_path = args.config or project_root() / "mitm.yaml"
     try:
-        config = load_config(cfg_path) if cfg_path.exists() else default_config(ROOT)
+        config = load_config(cfg_path) if cfg_path.exists() else default_config(project_root())
     except ConfigError as e:
         print(f"scripts/codex-setup: {e}", file=sys.stderr)
         return 2
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if auth.exists():
         print(f"kept {auth} (the proxy replaces its credentials on every request)")
     else:
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(placeholder_client_auth(), f, indent=2)
+        write_placeholder_auth(auth, time.time(), replace=False)
         print(f"wrote {auth} (placeholder login; tokens never expire)")
     print("\nthen:")
     print(f"  export CODEX_HOME={home}")

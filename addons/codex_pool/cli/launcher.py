@@ -21,12 +21,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from codex_pool.core.client_home import placeholder_client_auth
+from codex_pool.storage.codex_home import write_placeholder_auth
 from codex_pool.cli.codex_setup import patch_config
-from codex_pool.core.config import Config, ConfigError, default_config, load_config
+from codex_pool.cli.project import ENTRY, project_root
+from codex_pool.core.config import Config, ConfigError, default_config
+from codex_pool.storage.config_file import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
-ENTRY = ROOT / "addons" / "pool.py"
 DEMO_ACCOUNTS = ("alice", "bob", "carol")
 
 
@@ -36,7 +36,7 @@ def mitm_command(config: Config, config_path: Path | None, *, web: bool, upstrea
     binary = str(Path(sys.executable).with_name("mitmweb" if web else "mitmdump"))
     argv = [
         binary,
-        "-s", str(ENTRY),
+        "-s", str(project_root() / ENTRY),
         "--mode", f"reverse:{upstream or config.upstream}@{config.listen}",
         "--set", "connection_strategy=lazy",
         "--set", f"confdir={config.confdir}",
@@ -50,7 +50,7 @@ def mitm_command(config: Config, config_path: Path | None, *, web: bool, upstrea
 
 def _read(config_path: Path | None) -> Config:
     if config_path is None:
-        return default_config(ROOT)
+        return default_config(project_root())
     return load_config(config_path)
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra[:1] == ["--"]:
         extra = extra[1:]
-    config_path = args.config or (ROOT / "mitm.yaml" if (ROOT / "mitm.yaml").exists() else None)
+    config_path = args.config or (project_root() / "mitm.yaml" if (project_root() / "mitm.yaml").exists() else None)
     try:
         config = _read(config_path)
     except ConfigError as e:
@@ -88,7 +88,7 @@ def run_demo(config: Config, *, web: bool, extra: list[str]) -> int:
     demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     print("demo: starting the simulated ChatGPT backend with sample accounts", ", ".join(DEMO_ACCOUNTS), flush=True)
     fake = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "fake-chatgpt"), "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, str(project_root() / "scripts" / "fake-chatgpt"), "--host", "127.0.0.1", "--port", "0",
          "--names", ",".join(DEMO_ACCOUNTS), "--pool-dir", str(pool_dir)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -143,9 +143,7 @@ def write_demo_codex_home(home: Path, proxy_url: str) -> Path:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     (home / "config.toml").write_text(patch_config("", "custom", proxy_url))
     auth = home / "auth.json"
-    fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(placeholder_client_auth(), f, indent=2)
+    write_placeholder_auth(auth, time.time(), replace=True)
     return home
 
 

@@ -15,9 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from codex_pool.core.config import ConfigError, default_config, load_config
+from codex_pool.cli.project import project_root
+from codex_pool.core.config import ConfigError, default_config
+from codex_pool.storage.config_file import load_config
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ts(value: Any) -> float | None:
@@ -130,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     form.add_argument("--short", action="store_true", help="one line, for status bars")
     form.add_argument("--json", action="store_true", help="machine-readable rows")
     args = parser.parse_args(argv)
-    path = args.config or (ROOT / "mitm.yaml")
+    path = args.config or (project_root() / "mitm.yaml")
     try:
-        config = load_config(path) if path.exists() else default_config(ROOT)
+        config = load_config(path) if path.exists() else default_config(project_root())
     except ConfigError as e:
         print(f"scripts/status: {e}", file=sys.stderr)
         return 2

@@ -6,13 +6,12 @@ health states (cooling, limited, disabled) extend `_unusable_reason`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from codex_pool.core.auth_file import Account
 from codex_pool.core.health import DISABLED, HealthBook, HealthEvent
-from codex_pool.storage.pool_folder import PoolScan, Problem
+from codex_pool.core.pool_scan import PoolScan, Problem
 from codex_pool.core.quota import QuotaTracker, RateLimits
 from codex_pool.core.selection import Candidate
 
@@ -44,9 +43,8 @@ class AccountRegistry:
     health: HealthBook = field(default_factory=HealthBook)
     superseded: set[str] = field(default_factory=set)  # refresh tokens we rotated away from
 
-    def apply_scan(self, scan: PoolScan, now: float | None = None) -> list[HealthEvent]:
+    def apply_scan(self, scan: PoolScan, now: float) -> list[HealthEvent]:
         """Take a new view of the pool folder. A file whose tokens changed clears an auth problem."""
-        now = time.time() if now is None else now
         previous = self.accounts
         self.accounts = dict(scan.accounts)
         for name, account in self.accounts.items():  # a scan that raced our own write-back

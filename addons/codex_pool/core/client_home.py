@@ -7,7 +7,7 @@ them with a pool account's credentials on every request.
 
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 from typing import Any
 
 import jwt
@@ -17,8 +17,8 @@ _FAR_FUTURE = 4102444800  # 2100-01-01
 _KEY = "codex-pool-placeholder-not-a-secret-0000"
 
 
-def placeholder_client_auth() -> dict[str, Any]:
-    now = int(time.time())
+def placeholder_client_auth(now: float) -> dict[str, Any]:
+    now = int(now)
     auth = {"chatgpt_account_id": PLACEHOLDER_ACCOUNT_ID, "chatgpt_plan_type": "pro", "chatgpt_user_id": "codex-pool-client"}
     claims = {"iat": now, "exp": _FAR_FUTURE, "email": "client@codex-pool.invalid",
               "https://api.openai.com/auth": auth, "https://api.openai.com/profile": {"email": "client@codex-pool.invalid"}}
@@ -31,5 +31,5 @@ def placeholder_client_auth() -> dict[str, Any]:
             "refresh_token": "codex-pool-placeholder-refresh-token",
             "account_id": PLACEHOLDER_ACCOUNT_ID,
         },
-        "last_refresh": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "last_refresh": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

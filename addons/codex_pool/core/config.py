@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 
 POLICIES = ("usage_balanced", "round_robin", "fill_first")
 
@@ -191,26 +190,6 @@ def parse_config(raw: Any, base_dir: Path, source: Path | None = None) -> Config
     values["pool_dir"] = (base_dir / values.get("pool_dir", _DEFAULT_POOL_DIR)).resolve()
     values["data_dir"] = (base_dir / values.get("data_dir", _DEFAULT_DATA_DIR)).resolve()
     return Config(**values, source=source)
-
-
-def load_config(path: Path) -> Config:
-    """Read and validate a mitm.yaml. Raises ConfigError naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; create it (see the shipped mitm.yaml) or point pool_config at it")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read ({e.__class__.__name__}: {e})")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}")
-    try:
-        return parse_config(raw, path.parent.resolve(), source=path.resolve())
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
 
 
 def default_config(base_dir: Path) -> Config:

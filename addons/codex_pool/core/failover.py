@@ -45,34 +45,52 @@ class Chain:
 
 
 class Chains:
-    """Failover chains by id, bounded in number and age."""
+    """Failover chains by id, bounded in number and age. A chain exists only once a request has
+    failed over; a first try has none (nothing is allocated on the normal path)."""
 
     def __init__(self) -> None:
         self._chains: collections.OrderedDict[str, Chain] = collections.OrderedDict()
+        self._by_conversation: dict[str, str] = {}  # WebSocket reconnects carry no marker
 
-    def resolve(self, marker: str | None, now: float) -> Chain:
-        """The chain a (re-sent) request belongs to; a new one when the marker is absent, unknown or stale."""
+    def find(self, marker: str | None, conversation: str | None, now: float) -> Chain | None:
+        """The chain a re-sent request continues: by its marker, else (a WebSocket reconnect) by its
+        conversation; None when there is none or it is stale."""
         self._expire(now)
-        if marker:
-            chain_id = marker.split(".", 1)[0]
-            chain = self._chains.get(chain_id)
-            if chain is not None:
-                return chain
-        chain = Chain(secrets.token_hex(8), [], now)
+        chain_id = marker.split(".", 1)[0] if marker else self._by_conversation.get(conversation or "")
+        return self._chains.get(chain_id) if chain_id else None
+
+    def start(self, first_account: str, conversation: str | None, now: float) -> Chain:
+        """A new chain for a request that failed on `first_account` and goes to another one."""
+        chain = Chain(secrets.token_hex(8), [first_account], now)
         self._chains[chain.id] = chain
+        if conversation:
+            self._by_conversation[conversation] = chain.id
         while len(self._chains) > MAX_CHAINS:
-            self._chains.popitem(last=False)
+            self._drop(next(iter(self._chains)))
         return chain
+
+    def get(self, chain_id: str | None) -> Chain | None:
+        return self._chains.get(chain_id) if chain_id else None
+
+    def end(self, chain_id: str | None) -> None:
+        """The chain's request was served: a later request of its conversation starts afresh."""
+        if chain_id and chain_id in self._chains:
+            self._drop(chain_id)
 
     def __len__(self) -> int:
         return len(self._chains)
+
+    def _drop(self, chain_id: str) -> None:
+        self._chains.pop(chain_id, None)
+        for conv in [c for c, i in self._by_conversation.items() if i == chain_id]:
+            del self._by_conversation[conv]
 
     def _expire(self, now: float) -> None:
         while self._chains:
             oldest = next(iter(self._chains.values()))
             if now - oldest.created <= CHAIN_TTL:
                 break
-            self._chains.popitem(last=False)
+            self._drop(oldest.id)
 
 
 def decide(verdict: Verdict, *, attempt: int, max_attempts: int, has_alternative: bool, answer_sent: bool) -> str:

@@ -8,7 +8,6 @@ names, kinds, status classes, reasons — never conversation ids. No mitmproxy i
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,9 +30,10 @@ def status_class(status: int | None) -> str:
 
 
 class PoolMetrics:
-    def __init__(self, snapshot: Callable[[float], dict[str, Any]] | None = None):
+    def __init__(self, snapshot: Callable[[float], dict[str, Any]] | None = None,
+                 clock: Callable[[], float] | None = None):
         """`snapshot(now)` returns {"accounts": [{name, state, usable, in_flight, primary, secondary}],
-        "sticky": n} for the scrape-time gauges."""
+        "sticky": n} for the scrape-time gauges; `clock()` gives that `now`."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("codex_pool_requests", "Requests that reached upstream, by account, kind and status class.",
                                 ["account", "kind", "status_class"], registry=self.registry)
@@ -48,27 +48,39 @@ class PoolMetrics:
         self.refreshes = Counter("codex_pool_token_refreshes", "Token refreshes by account and result.",
                                  ["account", "result"], registry=self.registry)
         self._snapshot = snapshot
+        self._children: dict[tuple, Any] = {}  # labelled series, looked up once (labels() is not cheap)
         if snapshot is not None:
-            self.registry.register(_LiveCollector(snapshot))
+            if clock is None:
+                raise ValueError("PoolMetrics: a snapshot needs a clock")
+            self.registry.register(_LiveCollector(snapshot, clock))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > 10_000:  # label values are bounded, but never let this grow unchecked
+                self._children.clear()
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_record(self, record: dict[str, Any]) -> None:
         """One ledger record (a request, or one WebSocket turn)."""
         account, kind = record.get("account") or "?", record.get("kind") or "other"
-        self.requests.labels(account, kind, status_class(record.get("status"))).inc()
+        self._child(self.requests, account, kind, status_class(record.get("status"))).inc()
         for field, name in TOKEN_TYPES:
             value = record.get(field) or 0
             if value > 0:
-                self.tokens.labels(account, name).inc(value)
+                self._child(self.tokens, account, name).inc(value)
         if isinstance(record.get("ttfb_ms"), (int, float)) and record["ttfb_ms"] >= 0:
-            self.ttfb.labels(kind).observe(record["ttfb_ms"] / 1000)
+            self._child(self.ttfb, kind).observe(record["ttfb_ms"] / 1000)
         if isinstance(record.get("duration_ms"), (int, float)) and record["duration_ms"] >= 0:
-            self.duration.labels(kind).observe(record["duration_ms"] / 1000)
+            self._child(self.duration, kind).observe(record["duration_ms"] / 1000)
 
     def failover(self, reason: str) -> None:
-        self.failovers.labels(reason).inc()
+        self._child(self.failovers, reason).inc()
 
     def refresh(self, account: str, result: str) -> None:
-        self.refreshes.labels(account, result).inc()
+        self._child(self.refreshes, account, result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -77,14 +89,15 @@ class PoolMetrics:
 class _LiveCollector:
     """Per-account and pool gauges, read from the live state at each scrape."""
 
-    def __init__(self, snapshot: Callable[[float], dict[str, Any]]):
+    def __init__(self, snapshot: Callable[[float], dict[str, Any]], clock: Callable[[], float]):
         self.snapshot = snapshot
+        self.clock = clock
 
     def describe(self) -> Iterable:
         return []  # computed at scrape time; nothing to describe up front
 
     def collect(self) -> Iterable:
-        snap = self.snapshot(time.time())
+        snap = self.snapshot(self.clock())
         usable = GaugeMetricFamily("codex_pool_account_usable", "1 when the account can serve now, else 0.",
                                    labels=["account"])
         state = GaugeMetricFamily("codex_pool_account_state", "The account's state (1 for the current one).",

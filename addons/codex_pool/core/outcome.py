@@ -10,6 +10,7 @@
 | `response.failed` in a 200 stream | by its code: quota → limited, rate limit / overload / server error → cooldown, else neutral |
 | WebSocket error frame `{"type":"error","status":S}` | as an HTTP answer with status S |
 | other 4xx, client disconnect | neutral: not the account's doing |
+| a stream that ends without response.completed | cooldown (`stream_incomplete`); `response.incomplete` is ok |
 """
 
 from __future__ import annotations
@@ -182,3 +183,17 @@ def try_again_seconds(text: str) -> float | None:
     if unit.startswith("m"):
         return value * 60
     return value
+
+
+def stream_verdict(observer: Any, now: float, latest: RateLimits | None = None) -> Verdict:
+    """What a finished stream (an SSE answer, or one WebSocket turn) says about its account.
+    `observer` is the turn's TurnObserver (or None when nothing was parsed)."""
+    if observer is None or observer.completed:
+        return OK
+    if observer.failed is not None:
+        return classify_stream_failure(observer.failed, now, latest)
+    if observer.error is not None:
+        return classify_ws_error(observer.error, now, latest)
+    if observer.incomplete:
+        return OK  # e.g. max_output_tokens: the account did its job
+    return Verdict("cooldown", "stream_incomplete", "the answer ended before response.completed")

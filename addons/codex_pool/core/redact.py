@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
@@ -24,3 +25,8 @@ CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "c
 def is_client_credential(header_name: str) -> bool:
     """Headers a client may use to carry its own identity; none of them may reach upstream."""
     return header_name.strip().lower().replace("_", "-") in CLIENT_CREDENTIAL_HEADERS
+
+
+def fingerprint(token: str | None) -> str | None:
+    """A short non-reversible tag telling which token is meant (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else None

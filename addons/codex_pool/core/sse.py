@@ -13,14 +13,13 @@ Pure Python, no mitmproxy imports.
 from __future__ import annotations
 
 import re
-import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import brotli
-import zstandard
 
+from codex_pool.core import zstd
 from codex_pool.core.turn import TurnObserver
 
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
@@ -79,10 +78,10 @@ class _BrotliStage:
 
 class _ZstdStage:
     def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+        self._d = zstd.StreamDecoder()
 
     def feed(self, data: bytes) -> bytes:
-        return self._d.decompress(data)
+        return self._d.feed(data)
 
     def flush(self) -> bytes:
         return b""
@@ -297,8 +296,8 @@ class SSETap:
     def __init__(
         self,
         content_encoding: str | None,
-        observer: TurnObserver | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        observer: TurnObserver | None,
+        clock: Callable[[], float],
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         keep_bytes: int = 0,
     ) -> None:
@@ -344,27 +343,3 @@ class SSETap:
             return
         for ev in events:
             observer.observe_json(ev.data, ev.event)
-
-    def summary(self) -> dict[str, Any]:
-        """Transport-level facts about the stream as a JSON-friendly dict."""
-        return {
-            "bytes_seen": self.bytes_seen,
-            "first_byte_at": self.first_byte_at,
-            "ended": self.ended,
-            "events": self.events,
-            "error": self.error,
-            "decode_error": self.decoder.error,
-            "truncated": self.parser.truncated,
-            "overflows": self.parser.overflows,
-        }
-
-
-def parse_json_events(
-    body: bytes, content_encoding: str | None, observer: TurnObserver | None
-) -> SSETap:
-    """Run a complete (buffered) SSE body through the same path as a stream; returns the
-    finished :class:`SSETap` for its counters."""
-    tap = SSETap(content_encoding, observer)
-    tap(body)
-    tap(b"")
-    return tap

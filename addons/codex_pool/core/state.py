@@ -2,31 +2,22 @@
 until, disabled and why), the admin pin, and quota figures.
 
 `snapshot()` and `restore()` are pure translations between the live objects and a JSON document;
-`StateFile` keeps that document in a TinyDB-format file written atomically (blocking: use a worker thread).
+storage.state_file keeps that document on disk.
 A restart therefore neither moves conversations to new accounts (cold prompt caches) nor sends
 traffic to an account known to be limited.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import time
-from pathlib import Path
 from typing import Any
 
 from codex_pool.core import quota
+from codex_pool.core.redact import fingerprint
 from codex_pool.core.accounts import AccountRegistry
 from codex_pool.core.health import DISABLED, USABLE
-from codex_pool.storage.ledger_store import AtomicJSONStorage
 from codex_pool.core.router import Router
 
 VERSION = 1
-
-
-def _fp(token: str | None) -> str | None:
-    return hashlib.sha256(token.encode()).hexdigest()[:12] if token else None
 
 
 def snapshot(router: Router, registry: AccountRegistry, now: float) -> dict[str, Any]:
@@ -35,7 +26,7 @@ def snapshot(router: Router, registry: AccountRegistry, now: float) -> dict[str,
         h = registry.health.peek(name)
         if h.state != USABLE or h.failures:
             account = registry.accounts[name]
-            health[name] = {**h.to_dict(), "detail": h.detail, "token": _fp(account.refresh_token or account.access_token)}
+            health[name] = {**h.to_dict(), "detail": h.detail, "token": fingerprint(account.refresh_token or account.access_token)}
     quotas = {}
     for name, rt in registry.runtime.items():
         if rt.quota.latest is not None:
@@ -67,7 +58,7 @@ def restore(doc: dict[str, Any], router: Router, registry: AccountRegistry, now:
         state = saved.get("state")
         until = saved.get("until")
         if state == DISABLED and saved.get("reason") != "manual" and \
-                saved.get("token") != _fp(account.refresh_token or account.access_token):
+                saved.get("token") != fingerprint(account.refresh_token or account.access_token):
             continue  # the file was replaced while we were down: the auth problem is presumed fixed
         if state in ("cooling", "limited") and (not isinstance(until, (int, float)) or until <= now):
             continue
@@ -101,39 +92,3 @@ def _limits_from_dict(d: dict[str, Any]) -> quota.RateLimits | None:
         return None
     return quota.RateLimits(window(d.get("primary")), window(d.get("secondary")), credits, float(observed),
                             str(d.get("source") or "saved"), d.get("plan"))
-
-
-class StateFile:
-    """One TinyDB document, written atomically; an unreadable file is moved aside, never lost."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._last: str | None = None
-
-    def load(self) -> tuple[dict[str, Any] | None, str | None]:
-        """(document or None, warning or None)."""
-        if not self.path.exists():
-            return None, None
-        try:
-            data = AtomicJSONStorage(self.path).read() or {}
-            docs = list((data.get("state") or {}).values())
-            if docs and not isinstance(docs[0], dict):
-                raise ValueError("state document is not an object")
-            return (dict(docs[0]) if docs else None), None
-        except Exception as e:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            try:
-                os.replace(self.path, aside)
-            except OSError:
-                return None, f"{self.path} cannot be read ({e}) nor moved aside; starting without saved state"
-            return None, f"{self.path} could not be read ({type(e).__name__}); moved it to {aside} and started fresh"
-
-    def save(self, doc: dict[str, Any]) -> bool:
-        """Write the document (one atomic write, TinyDB's file format) if it changed. Blocking."""
-        key = json.dumps({k: v for k, v in doc.items() if k != "saved_at"}, sort_keys=True, default=str)
-        if key == self._last:
-            return False
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        AtomicJSONStorage(self.path).write({"state": {"1": doc}})
-        self._last = key
-        return True

@@ -1,8 +1,9 @@
 """The event log: JSON lines under data_dir (`events.jsonl`), rotated by size.
 
-`emit()` only appends to a bounded in-memory queue (it is called from hooks); `flush()` does the
-file I/O and is run in a worker thread by `run()`. String values are passed through `redact()`
-as a last line of defence: nothing that looks like a token is ever written.
+`emit()` only appends to a bounded in-memory queue (it is called from hooks, so it neither encodes
+nor writes); `flush()` cleans, encodes and writes, and is run in a worker thread by `run()`. String
+values are passed through `redact()` as a last line of defence: nothing that looks like a token is
+ever written. Account state changes are also logged (`Events`).
 """
 
 from __future__ import annotations
@@ -27,26 +28,27 @@ class EventLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        self._queue: collections.deque[dict[str, Any]] = collections.deque(maxlen=max_queue)
+        self._queue: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(maxlen=max_queue)
         self.dropped = 0
         self._warned = False
 
     def emit(self, event: str, **fields: Any) -> None:
         """Queue one event; never blocks, never raises."""
-        try:
-            if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1
-            entry = {"ts": _iso(time.time()), "event": event}
-            entry.update({k: _clean(v) for k, v in fields.items() if v is not None})
-            self._queue.append(entry)
-        except Exception:  # a log line is never worth a failed request
+        if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
+        self._queue.append((time.time(), event, fields))
 
     def flush(self) -> int:
         """Write what is queued (blocking: call from a worker thread). Returns lines written."""
         lines = []
         while self._queue:
-            lines.append(json.dumps(self._queue.popleft(), ensure_ascii=False, separators=(",", ":")))
+            ts, event, fields = self._queue.popleft()
+            try:
+                entry = {"ts": _iso(ts), "event": event}
+                entry.update({k: _clean(v) for k, v in fields.items() if v is not None})
+                lines.append(json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str))
+            except Exception:  # a log line is never worth more than itself
+                self.dropped += 1
         if not lines:
             return 0
         data = ("\n".join(lines) + "\n").encode()
@@ -101,3 +103,19 @@ def _clean(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     return value
+
+
+class Events:
+    """The pool's event sink: every event into the current event log (which can be swapped when
+    data_dir changes), and account state changes into the proxy's log as well."""
+
+    def __init__(self) -> None:
+        self.log: EventLog | None = None
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.emit(event, **fields)
+        if event.startswith("account.") and event not in ("account.refreshed", "account.refresh_failed"):
+            level = logging.INFO if event == "account.recovered" else logging.WARNING
+            log.log(level, "codex-pool: %s %s %s", event, fields.get("account"),
+                    " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in ("detail", "account")))

@@ -17,3 +17,11 @@ def fsync_dir(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def mtime_ns(path: Path) -> int | None:
+    """The file's modification time, or None when it cannot be read."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

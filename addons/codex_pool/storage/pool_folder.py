@@ -11,38 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.core.pool_scan import PoolScan, Problem
 
 MAX_FILE_BYTES = 1 << 20  # an auth.json is a few KB; anything this large is not one
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A pool file that cannot be served, and why."""
-
-    name: str
-    path: Path
-    reason: str
-
-
-@dataclass
-class PoolScan:
-    """What a scan found: served accounts by name, bad files, duplicates, and what is new."""
-
-    accounts: dict[str, Account] = field(default_factory=dict)
-    problems: dict[str, Problem] = field(default_factory=dict)
-    duplicates: dict[str, str] = field(default_factory=dict)  # shadowed name -> served name
-    shadowed: dict[str, Account] = field(default_factory=dict)  # shadowed name -> its parsed file
-    changed: bool = False  # anything differs from the previous scan
-    new_problems: list[Problem] = field(default_factory=list)  # to report (once per file version)
-    new_duplicates: list[tuple[str, str]] = field(default_factory=list)
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    folder_error: str | None = None
 
 
 _Signature = tuple[int, int, int]

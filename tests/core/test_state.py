@@ -6,9 +6,9 @@ from codex_pool.core import quota
 from codex_pool.core.accounts import AccountRegistry
 from codex_pool.core.auth_file import parse_auth
 from codex_pool.core.outcome import Verdict
-from codex_pool.storage.pool_folder import PoolScan
+from codex_pool.core.pool_scan import PoolScan
 from codex_pool.core.router import Router
-from codex_pool.core.state import StateFile, restore, snapshot
+from codex_pool.core.state import restore, snapshot
 from tests.support.tokens import make_auth
 
 NOW = time.time()
@@ -61,16 +61,3 @@ def test_bad_documents_restore_nothing():
     router, reg = world()
     for doc in (None, [], {"version": 99}, {"version": 1, "sticky": [["k", 1, "x"]], "health": {"a": "x"}, "quota": {"a": {}}}):
         assert not any(restore(doc, router, reg, NOW).values())
-
-
-def test_state_file_round_trip_and_corrupt_file_moved_aside(tmp_path):
-    f = StateFile(tmp_path / "state.json")
-    assert f.load() == (None, None)
-    assert f.save({"version": 1, "saved_at": 1, "x": 1}) is True
-    assert f.save({"version": 1, "saved_at": 2, "x": 1}) is False  # unchanged apart from the time
-    assert f.load()[0]["x"] == 1
-    assert oct((tmp_path / "state.json").stat().st_mode & 0o777) == "0o600"
-    (tmp_path / "state.json").write_text("{torn")
-    doc, warning = StateFile(tmp_path / "state.json").load()
-    assert doc is None and str(tmp_path / "state.json") in warning and "moved it to" in warning
-    assert list(tmp_path.glob("state.json.corrupt-*"))

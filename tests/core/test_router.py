@@ -3,7 +3,7 @@ from pathlib import Path
 
 from codex_pool.core.accounts import AccountRegistry
 from codex_pool.core.auth_file import parse_auth
-from codex_pool.storage.pool_folder import PoolScan
+from codex_pool.core.pool_scan import PoolScan
 from codex_pool.core.router import NoRoute, Router
 import json
 
@@ -17,7 +17,7 @@ def registry(*names, expired=()):
         doc = make_auth(f"acct-{n}", exp=now - 10 if n in expired else None)
         accounts[n] = parse_auth(json.dumps(doc).encode(), Path(f"/pool/{n}.json"))
     reg = AccountRegistry()
-    reg.apply_scan(PoolScan(accounts=accounts))
+    reg.apply_scan(PoolScan(accounts=accounts), 0.0)
     return reg
 
 
@@ -49,7 +49,7 @@ def test_sticky_moves_when_account_leaves_pool():
     router = Router(reg, "fill_first", 3600)
     now = time.time()
     assert router.route("k", now).account.name == "a"
-    reg.apply_scan(PoolScan(accounts={"b": reg.accounts["b"]}))
+    reg.apply_scan(PoolScan(accounts={"b": reg.accounts["b"]}), 0.0)
     assert router.route("k", now + 1).account.name == "b"
     assert router.route("k", now + 2).reason == "sticky"
 

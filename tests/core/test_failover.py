@@ -26,12 +26,22 @@ def test_decide(verdict, attempt, max_attempts, alt, sent, expected):
 
 def test_chain_is_found_again_by_marker_and_expires():
     chains = Chains()
-    c = chains.resolve(None, 100.0)
-    c.tried.append("alice")
-    assert c.attempt == 2 and c.marker() == f"{c.id}.2"
-    assert chains.resolve(c.marker(), 101.0) is c
-    assert chains.resolve("forged.2", 101.0) is not c  # unknown marker: a fresh chain
-    assert chains.resolve(c.marker(), 100.0 + failover.CHAIN_TTL + 1) is not c
+    assert chains.find(None, None, 100.0) is None and len(chains) == 0  # a first try allocates nothing
+    c = chains.start("alice", None, 100.0)
+    assert c.tried == ["alice"] and c.attempt == 2 and c.marker() == f"{c.id}.2"
+    assert chains.find(c.marker(), None, 101.0) is c
+    assert chains.find("forged.2", None, 101.0) is None  # unknown marker: no chain
+    assert chains.find(c.marker(), None, 100.0 + failover.CHAIN_TTL + 1) is None
+    assert len(chains) == 0
+
+
+def test_a_websocket_reconnect_finds_its_chain_by_conversation_until_it_ends():
+    chains = Chains()
+    c = chains.start("alice", "conv-1", 100.0)
+    assert chains.find(None, "conv-1", 101.0) is c
+    assert chains.find(None, "conv-2", 101.0) is None
+    chains.end(c.id)
+    assert chains.find(None, "conv-1", 102.0) is None and chains.get(c.id) is None
 
 
 def test_retry_location_replaces_an_old_marker_and_keeps_the_query():

@@ -1,0 +1,65 @@
+"""What the pool decided and saw for one forwarded request: an HTTP exchange, or a WebSocket with
+its turns. One typed record per flow, created when the request is routed and read by every hook
+after that; `to_dict()` is the JSON-friendly copy left on the flow for saved flows and mitmweb."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from codex_pool.core.turn import TurnObserver
+
+
+@dataclass
+class WsTurn:
+    """One WebSocket turn in progress (response.create → a terminal event)."""
+
+    observer: TurnObserver
+    started: float
+    model: str | None
+    first_at: float | None = None
+    judged: bool = False  # its error frame (or terminal event) has been folded into the account's health
+
+
+@dataclass
+class Exchange:
+    account: str
+    reason: str  # why this account: "sticky", "pinned", "standin", a policy name, ...
+    conversation: str | None  # hashed conversation key
+    pinned_to: str | None  # the conversation's own account when a stand-in serves
+    kind: str  # ledger kind: sse_turn | ws_turn | compaction | models | usage | other
+    token: str  # fingerprint of the access token the request went out with
+    attempt: int = 1  # 1 = first try; a failover chain counts up
+    chain: str | None = None  # the failover chain this request belongs to, once there is one
+    tried: tuple[str, ...] = ()  # accounts the chain had already tried before this one
+    in_flight: bool = True
+    judged: bool = False  # the upstream answer has been classified and folded into health
+    recorded: bool = False  # the ledger record has been written
+    status: int | None = None
+    outcome: str = "ok"  # ok | limited | cooldown | auth | retry | client_cancelled
+    outcome_reason: str | None = None
+    failover: str | None = None  # why the client was sent to another account
+    error: str | None = None  # transport error message
+    ttfb_ms: float | None = None
+    turn: dict[str, Any] | None = None  # TurnObserver.summary() of the (last) turn
+    ws_turns: int = 0
+    ws_turn: WsTurn | None = field(default=None, repr=False)  # the WebSocket turn in progress
+
+    def ledger_outcome(self) -> str:
+        return outcome_label(failed_over=self.failover is not None, cancelled=self.outcome == "client_cancelled",
+                             reason=self.outcome_reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("ws_turn", None)
+        d["tried"] = list(self.tried)
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def outcome_label(*, failed_over: bool, cancelled: bool, reason: str | None) -> str:
+    """The ledger's `outcome` for an exchange or a WebSocket turn: the one rule for both."""
+    if failed_over:
+        return "failed_over"
+    if cancelled:
+        return "client_cancelled"
+    return reason or "ok"

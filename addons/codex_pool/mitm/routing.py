@@ -1,0 +1,84 @@
+"""Routing and credentials: every forwardable request gets an account from the pool (sticky by
+conversation, failover chains honoured) and that account's credentials, or an honest local
+answer when none can serve. A failure of our own answers 503 locally: nothing ever goes upstream
+with the client's own credentials."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from codex_pool.core import conversation, failover, ledger, paths
+from codex_pool.core.exchange import Exchange
+from codex_pool.core.pool import Pool
+from codex_pool.core.redact import fingerprint
+from codex_pool.core.router import NoRoute
+from codex_pool.mitm.flows import answer_error, describe, drop_client_credentials
+
+log = logging.getLogger("codex_pool")
+
+
+class Routing:
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None or paths.is_local(flow.request.path):
+            return
+        try:
+            if not paths.is_forwardable(flow.request.path):
+                answer_error(flow, 404, "not_found", "not_forwarded",
+                             f"codex-pool forwards only {paths.FORWARD_PREFIX}… to the ChatGPT backend; "
+                             f"point your client's base URL at http://<proxy>{paths.FORWARD_PREFIX}codex")
+                return
+            self._route(flow)
+        except Exception as e:
+            self._fail_closed(flow, e)
+
+    def _route(self, flow: http.HTTPFlow) -> None:
+        pool, request = self.pool, flow.request
+        now = pool.now()
+        headers = {k.lower(): v for k, v in request.headers.items()}  # one pass over the headers
+        marker = request.query.get(failover.MARKER) if failover.MARKER in request.path else None
+        if marker is not None:
+            del request.query[failover.MARKER]  # ours; upstream never sees it
+        key = conversation.conversation_key(headers, lambda: request.get_content(strict=False))
+        hashed = conversation.hash_key(pool.secret, key) if key else None
+        chain = pool.chains.find(marker, hashed if headers.get("upgrade", "").lower() == "websocket" else None, now)
+        route = pool.router.route(hashed, now, exclude=frozenset(chain.tried) if chain else frozenset())
+        if isinstance(route, NoRoute):
+            answer_no_route(flow, route)
+            log.warning("codex-pool: %s %s answered %d: %s", request.method, request.path, route.status, route.message)
+            return
+        account = route.account
+        drop_client_credentials(request.headers)
+        request.headers["Authorization"] = f"Bearer {account.access_token}"
+        request.headers["ChatGPT-Account-ID"] = account.account_id
+        exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, request.path, headers),
+                                      fingerprint(account.access_token))
+        flow.comment = comment(exchange)
+        pool.events.emit("request.account_selected", account=account.name, reason=route.reason,
+                         conversation=route.conversation, attempt=exchange.attempt, pinned_to=route.pinned_to,
+                         path=paths.bare(request.path))
+
+    def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
+        """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""
+        log.error("codex-pool: internal error on %s %s, answered 503 locally: %s",
+                  flow.request.method, flow.request.path, describe(e))
+        self.pool.close_exchange(flow.id)
+        answer_error(flow, 503, "internal_error", "proxy_internal_error",
+                     f"codex-pool failed while handling this request ({type(e).__name__}); it was not forwarded. "
+                     "See the proxy log; if it persists, report it with that log.")
+
+
+def answer_no_route(flow: http.HTTPFlow, route: NoRoute) -> None:
+    answer_error(flow, route.status, route.type, route.code, route.message, retry_after=route.retry_after, **route.extra)
+
+
+def comment(exchange: Exchange) -> str:
+    """The flow's comment in mitmweb: which account and why."""
+    conv = f" · conv {exchange.conversation[:8]}" if exchange.conversation else ""
+    standin = f" standing in for {exchange.pinned_to}" if exchange.pinned_to else ""
+    retry = f" · attempt {exchange.attempt}" if exchange.attempt > 1 else ""
+    return f"account {exchange.account} ({exchange.reason}{standin}){conv}{retry}"

@@ -1,0 +1,166 @@
+"""Upstream answers: stream SSE live through a tap, classify every answer for its account, send the
+client to another account or give the pool's honest answer (through `Pool.settle`), and account
+for the finished exchange (ledger, metrics, flow comment)."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from codex_pool.core import failover, ledger, quota
+from codex_pool.core.exchange import Exchange
+from codex_pool.core.outcome import classify_http, classify_transport_error, stream_verdict
+from codex_pool.core.pool import Pool, Settlement
+from codex_pool.core.sse import SSETap
+from codex_pool.core.turn import TurnObserver
+from codex_pool.mitm.flows import META, answer_error, describe, is_upgrade, redact_pool_token
+from codex_pool.mitm.routing import answer_no_route
+from codex_pool.upstream.tokens import TokenService
+
+log = logging.getLogger("codex_pool")
+
+
+class Verdicts:
+    def __init__(self, pool: Pool, tokens: TokenService):
+        self.pool = pool
+        self.tokens = tokens
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        exchange = self.pool.exchanges.get(flow.id)
+        if exchange is None or flow.response is None:
+            return
+        try:
+            redact_pool_token(flow, exchange.account)
+            response = flow.response
+            limits = quota.from_headers(response.headers, self.pool.now())
+            if limits is not None:
+                self.pool.registry.record_rate_limits(exchange.account, limits)
+            if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+                config = self.pool.config
+                response.stream = SSETap(response.headers.get("content-encoding"), TurnObserver(), clock=self.pool.clock,
+                                         keep_bytes=(config.inspect_body_limit_kb if config else 0) * 1024)
+        except Exception as e:
+            log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe(e))
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        exchange = self.pool.exchanges.get(flow.id)
+        if exchange is None or flow.response is None or exchange.judged:
+            return
+        try:
+            response = flow.response
+            exchange.status = response.status_code
+            now = self.pool.now()
+            tap = response.stream if isinstance(response.stream, SSETap) else None
+            if tap is not None:
+                self._absorb(flow, exchange, tap)
+                verdict = stream_verdict(tap.observer, now, self.pool.latest_limits(exchange.account))
+                if tap.kept:  # nothing is re-sent: the answer already streamed; this is for mitmweb
+                    response.raw_content = bytes(tap.kept)
+                    if tap.bytes_seen > len(tap.kept):
+                        flow.comment += f" · body shown: first {len(tap.kept) // 1024} KB of {tap.bytes_seen // 1024} KB"
+            else:
+                if response.timestamp_start and flow.request.timestamp_end:
+                    exchange.ttfb_ms = round((response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
+                body = response.get_content(strict=False) if response.status_code >= 400 else None
+                verdict = classify_http(response.status_code, response.headers, body, now,
+                                        self.pool.latest_limits(exchange.account))
+            verdict = await self.tokens.recover_unauthorized(exchange, verdict)
+            upstream_status = response.status_code
+            settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status)
+            self._deliver(flow, exchange, settlement, upstream_status)
+            if flow.websocket is None:
+                self._close(flow, exchange, tap.observer if tap is not None else None)
+        except Exception as e:
+            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe(e))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        exchange = self.pool.exchanges.get(flow.id)
+        if exchange is None:
+            return
+        try:
+            redact_pool_token(flow, exchange.account)
+            exchange.error = flow.error.msg if flow.error else "unknown"
+            tap = flow.response.stream if flow.response is not None and isinstance(flow.response.stream, SSETap) else None
+            if tap is not None:
+                self._absorb(flow, exchange, tap)
+            if not exchange.judged:  # the exchange broke before an answer could be judged
+                verdict = classify_transport_error(exchange.error)
+                flow.comment += f" · {exchange.error}"
+                exchange.judged = True
+                if verdict.kind == "neutral":
+                    exchange.outcome = "client_cancelled"
+                else:
+                    flow.marked = ":x:"
+                    exchange.outcome, exchange.outcome_reason = verdict.kind, verdict.reason
+                    self.pool.note(self.pool.registry.health.apply(exchange.account, verdict, self.pool.now()))
+            if flow.websocket is None:
+                self._close(flow, exchange, tap.observer if tap is not None else None)
+        except Exception as e:
+            log.error("codex-pool: error hook failed on %s: %s", flow.request.path, describe(e))
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _deliver(self, flow: http.HTTPFlow, exchange: Exchange, settlement: Settlement, upstream_status: int) -> None:
+        """Let the answer through, send the client to another account, or answer for the pool."""
+        if settlement.action == failover.PASS:
+            return
+        if settlement.action == failover.RETRY:
+            if is_upgrade(flow):  # WebSocket clients don't follow redirects; Codex reconnects on 503
+                answer_error(flow, 503, "server_error", "account_switch",
+                             f"pool account {exchange.account} failed ({settlement.reason}); reconnect to be served by another",
+                             retry_after=0)
+            else:
+                flow.response = http.Response.make(307, b"", {
+                    "location": failover.retry_location(flow.request.path, settlement.chain),
+                    "cache-control": "no-store",
+                    "x-codex-pool-failover": settlement.reason,
+                })
+            flow.comment += f" · failed over ({settlement.reason} {upstream_status})"
+        else:
+            no_route = settlement.no_route
+            answer_no_route(flow, no_route)
+            flow.comment += f" · {settlement.reason} {upstream_status} → {no_route.status} {no_route.code}"
+        flow.marked = ":warning:"
+
+    def _absorb(self, flow: http.HTTPFlow, exchange: Exchange, tap: SSETap) -> None:
+        """Fold what a tap saw of one turn into the exchange and the account's quota."""
+        observer = tap.observer
+        if observer is None or exchange.turn is not None:
+            return
+        exchange.turn = observer.summary()
+        if tap.first_byte_at is not None and flow.request.timestamp_end:
+            exchange.ttfb_ms = round((tap.first_byte_at - flow.request.timestamp_end) * 1000, 1)
+        absorb_rate_limits(self.pool, exchange.account, observer)
+        usage = exchange.turn.get("usage")
+        if usage:
+            flow.comment += f" · {usage['total_tokens']} tokens"
+
+    def _close(self, flow: http.HTTPFlow, exchange: Exchange, observer: TurnObserver | None) -> None:
+        """The HTTP exchange is over: one ledger record, the in-flight count, a copy for saved flows."""
+        self.pool.close_exchange(flow.id)
+        flow.metadata[META] = exchange.to_dict()
+        if exchange.recorded:
+            return
+        exchange.recorded = True
+        request = flow.request
+        end = (flow.response.timestamp_end if flow.response is not None and flow.response.timestamp_end else None) \
+            or self.pool.now()
+        start = request.timestamp_start
+        model = observer.model if observer is not None else None
+        if model is None and exchange.kind != "models":
+            model = ledger.model_from_body(request.get_content(strict=False))
+        self.pool.account_for(ledger.build_record(
+            ts=start, account=exchange.account, kind=exchange.kind, path=request.path, status=exchange.status,
+            outcome=exchange.ledger_outcome(), usage=(exchange.turn or {}).get("usage"), model=model,
+            ttfb_ms=exchange.ttfb_ms, duration_ms=(end - start) * 1000 if start else None,
+            attempt=exchange.attempt, conversation=exchange.conversation,
+        ))
+
+
+def absorb_rate_limits(pool: Pool, account: str, observer: TurnObserver) -> None:
+    """The latest rate-limit event of a turn, as the account's quota."""
+    for event in observer.rate_limits[-1:]:
+        limits = quota.from_event(event, pool.now())
+        if limits is not None:
+            pool.registry.record_rate_limits(account, limits)

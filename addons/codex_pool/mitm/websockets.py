@@ -1,0 +1,129 @@
+"""WebSocket turns: one socket stays on one account; each turn (response.create → a terminal
+event) is observed, recorded and judged. An upstream error frame goes through the same decision
+as an HTTP answer (`Pool.settle`: chains, `max_attempts`, never the same account twice) and is
+rewritten before the client sees it: a retryable 503 frame while another account can serve (the
+client's new socket lands elsewhere), else the pool's honest answer — never an account's 401."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mitmproxy import http
+
+from codex_pool.core import failover, ledger
+from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
+from codex_pool.core.outcome import classify_ws_error, stream_verdict
+from codex_pool.core.pool import Pool
+from codex_pool.core.turn import TurnObserver
+from codex_pool.mitm.flows import META, describe
+from codex_pool.mitm.verdicts import absorb_rate_limits
+from codex_pool.upstream.tokens import TokenService
+
+log = logging.getLogger("codex_pool")
+
+WS_KEEP_MESSAGES = 200  # frames kept on a WebSocket flow (for mitmweb); older ones are dropped
+TURN_PATH = "/backend-api/codex/responses"
+ABNORMAL_CLOSURE = 1006
+
+
+class WebSocketTurns:
+    def __init__(self, pool: Pool, tokens: TokenService):
+        self.pool = pool
+        self.tokens = tokens
+
+    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+        exchange = self.pool.exchanges.get(flow.id)
+        if exchange is None or flow.websocket is None:
+            return
+        try:
+            messages = flow.websocket.messages
+            message = messages[-1]
+            if len(messages) > 2 * WS_KEEP_MESSAGES:  # a long socket must not grow without bound
+                del messages[:-WS_KEEP_MESSAGES]
+            if message.from_client:
+                if message.is_text and b'"response.create"' in message.content:
+                    exchange.ws_turn = WsTurn(TurnObserver(), self.pool.now(), ledger.model_from_body(message.content))
+                return
+            turn = exchange.ws_turn
+            if turn is None or not message.is_text:
+                return
+            observer = turn.observer
+            if turn.first_at is None:
+                turn.first_at = self.pool.now()
+            seen_limits = len(observer.rate_limits)
+            observer.observe_json(message.content)
+            if observer.error is not None and not turn.judged:
+                await self._judge_error_frame(flow, exchange, turn, message)
+            if observer.terminal:
+                self._end_turn(flow, exchange, turn, cut=None)
+            elif len(observer.rate_limits) != seen_limits:
+                absorb_rate_limits(self.pool, exchange.account, observer)
+        except Exception as e:
+            log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe(e))
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        exchange = self.pool.exchanges.get(flow.id)
+        if exchange is None:
+            return
+        try:
+            if exchange.ws_turn is not None:  # the socket ended in the middle of a turn
+                ws = flow.websocket
+                # 1006 = no close frame: an idle timeout (tcp_timeout) or a dropped connection, not the client's choice
+                by_client = ws is not None and ws.closed_by_client and ws.close_code != ABNORMAL_CLOSURE
+                self._end_turn(flow, exchange, exchange.ws_turn, cut="client_cancelled" if by_client else "connection_error")
+        except Exception as e:
+            log.error("codex-pool: websocket_end failed: %s", describe(e))
+        finally:
+            self.pool.close_exchange(flow.id)
+            flow.metadata[META] = exchange.to_dict()
+
+    async def _judge_error_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, message) -> None:
+        now = self.pool.now()
+        frame = turn.observer.error
+        turn.judged = True
+        verdict = classify_ws_error(frame, now, self.pool.latest_limits(exchange.account))
+        verdict = await self.tokens.recover_unauthorized(exchange, verdict)
+        settlement = self.pool.settle(exchange, verdict, now, answer_sent=False, transport="websocket",
+                                      status=frame.get("status"))
+        if settlement.action == failover.PASS:
+            return
+        if settlement.action == failover.RETRY:
+            status, err = 503, {"type": "server_error", "code": "account_switch",
+                                "message": f"pool account {exchange.account} failed ({settlement.reason}); "
+                                           "reconnect to continue on another account"}
+            flow.comment += f" · failed over ({settlement.reason})"
+        else:
+            no_route = settlement.no_route
+            status, err = no_route.status, {"type": no_route.type, "code": no_route.code, "message": no_route.message,
+                                            **no_route.extra}
+            flow.comment += f" · {settlement.reason} → {status} {no_route.code}"
+        message.content = json.dumps({"type": "error", "status": status, "error": err}).encode()
+        flow.marked = ":warning:"
+
+    def _end_turn(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, cut: str | None) -> None:
+        """One ledger record per turn; a turn that ended badly counts against its account."""
+        exchange.ws_turn = None
+        observer, now = turn.observer, self.pool.now()
+        exchange.turn = observer.summary()
+        if cut is None:
+            exchange.ws_turns += 1
+            absorb_rate_limits(self.pool, exchange.account, observer)
+            usage = exchange.turn.get("usage")
+            if usage:
+                flow.comment += f" · {usage['total_tokens']} tokens"
+            if not turn.judged:  # e.g. response.failed: health only, the frames already went out
+                turn.judged = True
+                self.pool.settle(exchange, stream_verdict(observer, now, self.pool.latest_limits(exchange.account)), now,
+                                 answer_sent=True, transport="websocket")
+        failed = observer.error is not None or observer.failed is not None
+        outcome = cut or outcome_label(failed_over=failed and exchange.failover is not None, cancelled=False,
+                                       reason=exchange.outcome_reason if failed else None)
+        usage = observer.usage.to_dict() if observer.usage else None
+        self.pool.account_for(ledger.build_record(
+            ts=turn.started, account=exchange.account, kind="ws_turn", path=TURN_PATH,
+            status=(observer.error or {}).get("status", 200) if observer.error else 200, outcome=outcome,
+            usage=usage, model=observer.model or turn.model,
+            ttfb_ms=round((turn.first_at - turn.started) * 1000, 1) if turn.first_at else None,
+            duration_ms=(now - turn.started) * 1000, attempt=exchange.attempt, conversation=exchange.conversation,
+        ))

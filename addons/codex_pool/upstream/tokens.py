@@ -1,0 +1,159 @@
+"""Tokens and quota from upstream for the whole pool: the refresh schedule, refreshing one account
+(shared with any refresh in flight), recovering a request that got a 401, and usage polling.
+
+Shared by the addons that need a refresh (HTTP answers, WebSocket frames, the background loops);
+applies every result to the `Pool`. No mitmproxy imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from codex_pool.core.config import Config
+from codex_pool.core.exchange import Exchange
+from codex_pool.core.outcome import Verdict
+from codex_pool.core.pool import Pool
+from codex_pool.core.redact import fingerprint
+from codex_pool.upstream.refresher import PERMANENT, Refresher, RefreshResult
+from codex_pool.upstream.token_keeper import TokenKeeper
+from codex_pool.upstream.usage_poller import UsagePoller
+
+log = logging.getLogger("codex_pool")
+
+REFRESH_AFTER_401_TIMEOUT = 20.0
+REAUTH_WINDOW = 60.0  # a 401 on tokens refreshed for a 401 this recently is a real auth problem
+POLLS_PER_TICK = 4
+
+
+def make_client() -> httpx.AsyncClient:
+    """Our own upstream calls (refresh, usage polling): pooled, with timeouts, no proxy from the env."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=10.0),
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        trust_env=False,
+        headers={"user-agent": "codex-pool"},
+    )
+
+
+class TokenService:
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.http: httpx.AsyncClient | None = None
+        self.keeper: TokenKeeper | None = None
+        self.poller: UsagePoller | None = None
+        self._refreshed_after_401: dict[str, float] = {}
+
+    def configure(self, config: Config, http: httpx.AsyncClient | None, upstream_base: str | None) -> None:
+        """(Re)build the refresher and usage poller for the current settings."""
+        self.http = http
+        if http is None:
+            return
+        if self.keeper is None:
+            self.keeper = TokenKeeper(Refresher(http, config.token_url, config.client_id), config.refresh_margin_minutes * 60)
+        else:
+            self.keeper.refresher.token_url, self.keeper.refresher.client_id = config.token_url, config.client_id
+            self.keeper.margin = config.refresh_margin_minutes * 60
+        if config.usage_poll_seconds > 0 and upstream_base:
+            if self.poller is None or self.poller.base_url != upstream_base.rstrip("/"):
+                self.poller = UsagePoller(http, upstream_base, config.usage_poll_seconds)
+            self.poller.interval = config.usage_poll_seconds
+        else:
+            self.poller = None
+
+    def forget(self, name: str) -> None:
+        """An account left the pool: drop its retry state and recovery memory."""
+        if self.keeper is not None:
+            self.keeper.forget(name)
+        self._refreshed_after_401.pop(name, None)
+
+    def due(self, now: float) -> list[tuple[str, str]]:
+        """(account, reason) pairs to refresh now; disabled accounts are left alone."""
+        if self.keeper is None:
+            return []
+        health = self.pool.registry.health
+        skip = {n for n in self.pool.registry.accounts if health.peek(n).state == "disabled"}
+        return [(a.name, reason) for a, reason in self.keeper.due(self.pool.registry.accounts, now, skip)]
+
+    async def refresh_account(self, name: str, reason: str) -> RefreshResult | None:
+        """Refresh one account now (shared with any refresh already running for it) and apply it."""
+        account = self.pool.registry.accounts.get(name)
+        if account is None or self.keeper is None:
+            return None
+        result = await self.keeper.refresh(account, reason, self.pool.now())
+        self._apply(account, result, reason)
+        return result
+
+    def _apply(self, before, result: RefreshResult, reason: str) -> None:
+        pool, name, now = self.pool, before.name, self.pool.now()
+        registry = pool.registry
+        pool.metrics.refresh(name, result.outcome)
+        if result.ok and result.account is not None:
+            if before.refresh_token and result.account.refresh_token != before.refresh_token:
+                registry.superseded.add(before.refresh_token)
+            if name in registry.accounts:
+                registry.accounts[name] = result.account
+            pool.note(registry.health.file_replaced(name, now))
+            if self.poller is not None:
+                self.poller.resume(name)
+            pool.events.emit("account.refreshed", account=name, how=result.outcome, reason=reason,
+                             expires_at=result.account.access_expires_at)
+            log.info("codex-pool: %s tokens %s (%s)", name, result.outcome, reason)
+        elif result.outcome == PERMANENT:
+            detail = f"token refresh failed ({result.code}); replace {before.path.name} with a fresh `codex login`"
+            pool.note(registry.health.disable(name, "reauth_required", now, detail))
+            pool.events.emit("account.refresh_failed", account=name, code=result.code, permanent=True)
+        else:
+            log.warning("codex-pool: refreshing %s failed (%s: %s); will retry", name, result.code, result.detail)
+            pool.events.emit("account.refresh_failed", account=name, code=result.code, permanent=False)
+
+    async def recover_unauthorized(self, exchange: Exchange, verdict: Verdict) -> Verdict:
+        """A 401 first tries a refresh (shared with any other in flight). With fresh tokens the
+        request is served again on the same account ("retry": the account is not to blame); a 401
+        on tokens refreshed for that very reason within the last minute is a real auth problem."""
+        if verdict.reason != "unauthorized" or self.keeper is None:
+            return verdict
+        name = exchange.account
+        account = self.pool.registry.accounts.get(name)
+        if account is None or not account.refresh_token:
+            return verdict
+        if fingerprint(account.access_token) == exchange.token:  # nobody refreshed it since we sent it
+            last = self._refreshed_after_401.get(name)
+            if last is not None and self.pool.now() - last < REAUTH_WINDOW:
+                return verdict
+            try:
+                result = await asyncio.wait_for(self.refresh_account(name, "unauthorized_recovery"), REFRESH_AFTER_401_TIMEOUT)
+            except asyncio.TimeoutError:
+                return Verdict("cooldown", "refresh_timeout", "the token refresh after a 401 took too long")
+            if result is None:
+                return verdict
+            if not result.ok:
+                if result.outcome == PERMANENT:
+                    return Verdict("neutral", "unauthorized")  # _apply disabled it, saying why
+                return Verdict("cooldown", "refresh_failed", result.detail)
+            self._refreshed_after_401[name] = self.pool.now()
+        return Verdict("retry", "token_refreshed", "retrying with refreshed tokens")
+
+    async def poll_due(self, spawn) -> None:
+        """One tick of usage polling: up to a few accounts whose poll is due. A 401 asks for a
+        refresh through `spawn` (a background task), so the tick never waits on it."""
+        poller = self.poller
+        if poller is None:
+            return
+        registry, now = self.pool.registry, self.pool.now()
+        usable = [n for n in registry.accounts
+                  if registry.health.peek(n).state != "disabled" and not registry.accounts[n].expired(now)]
+        poller.schedule(usable, now)
+        for name in poller.due(now)[:POLLS_PER_TICK]:
+            account = registry.accounts.get(name)
+            if account is None:
+                continue
+            result = await poller.poll(account, now)
+            if result.kind == "ok" and result.limits is not None:
+                registry.record_rate_limits(name, result.limits)
+            elif result.kind == "unauthorized":
+                spawn(self.refresh_account(name, "unauthorized_recovery"))
+            elif result.kind == "forbidden":
+                log.info("codex-pool: usage polling paused for %s (403); the account stays in service", name)
