@@ -219,11 +219,19 @@ def test_mitmweb_beyond_loopback_is_refused_without_a_password(tmp_path):
 
 
 def test_mitmweb_beyond_loopback_starts_with_a_password_and_asks_for_it(tmp_path):
+    import argon2
+
     port = free_port()
+    hashed = argon2.PasswordHasher().hash("team-read-secret")  # as the README shows: a hash, not the password
     web = Proc(_mitmweb(tmp_path, "--set", "web_host=0.0.0.0", "--set", f"web_port={port}",
-                        "--set", "web_password=team-read-secret"), re.compile(r"Web server listening"))
+                        "--set", f"web_password={hashed}"), re.compile(r"Web server listening"))
     try:
         anonymous = httpx.get(f"http://127.0.0.1:{port}/flows", timeout=10)
         assert anonymous.status_code in (401, 403)  # nobody reads flows without the password
+        wrong = httpx.get(f"http://127.0.0.1:{port}/flows", headers={"authorization": "Bearer guess"}, timeout=10)
+        assert wrong.status_code in (401, 403)
+        teammate = httpx.get(f"http://127.0.0.1:{port}/flows", headers={"authorization": "Bearer team-read-secret"},
+                             timeout=10)
+        assert teammate.status_code == 200 and teammate.json() == []
     finally:
         web.stop()
