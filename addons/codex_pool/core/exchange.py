@@ -4,7 +4,7 @@ after that; `to_dict()` is the JSON-friendly copy left on the flow for saved flo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from codex_pool.core.turn import TurnObserver
@@ -50,10 +50,10 @@ class Exchange:
                              reason=self.outcome_reason)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("ws_turn", None)
+        """A shallow JSON-friendly copy (once per flow, on the request path: no deep copy)."""
+        d = {name: getattr(self, name) for name in _SAVED if getattr(self, name) is not None}
         d["tried"] = list(self.tried)
-        return {k: v for k, v in d.items() if v is not None}
+        return d
 
 
 def outcome_label(*, failed_over: bool, cancelled: bool, reason: str | None) -> str:
@@ -63,3 +63,6 @@ def outcome_label(*, failed_over: bool, cancelled: bool, reason: str | None) -> 
     if cancelled:
         return "client_cancelled"
     return reason or "ok"
+
+
+_SAVED = tuple(f.name for f in fields(Exchange) if f.name != "ws_turn")

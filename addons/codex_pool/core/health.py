@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from codex_pool.core.backoff import exponential
 from codex_pool.core.outcome import Verdict
 
 USABLE, COOLING, LIMITED, DISABLED = "usable", "cooling", "limited", "disabled"
@@ -97,7 +98,7 @@ class HealthBook:
             return [HealthEvent("account.limited", name, {"reason": h.reason, "until": h.until, "detail": h.detail})]
         if verdict.kind == "cooldown":
             h.failures += 1
-            backoff = min(self.policy.cooldown_max, self.policy.cooldown_base * 2 ** (h.failures - 1))
+            backoff = exponential(h.failures, self.policy.cooldown_base, self.policy.cooldown_max)
             wait = max(backoff, min(verdict.retry_after or 0.0, 86400.0))
             until = now + wait
             if h.state == LIMITED and h.until and h.until > until:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from codex_pool.core.auth_file import Account
+from codex_pool.core.backoff import exponential
 
 STALE_AFTER = 8 * 24 * 3600  # Codex's rule for tokens without `exp`
 PERMANENT_CODES = frozenset(
@@ -60,4 +61,4 @@ def classify_failure(status: int | None, body: bytes | str | None) -> tuple[str,
 
 
 def backoff(failures: int, base: float = 5.0, cap: float = 300.0) -> float:
-    return min(cap, base * 2 ** max(0, failures - 1))
+    return exponential(failures, base, cap)

@@ -30,7 +30,7 @@ from codex_pool.core.bodies import json_body
 from codex_pool.core.client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
 from codex_pool.core.metrics import CONTENT_TYPE
 from codex_pool.core.pool import STEER_ACTIONS, Pool
-from codex_pool.mitm.flows import answer, answer_error, describe
+from codex_pool.mitm.flows import answer, answer_error, describe_error
 from codex_pool.mitm.lifecycle import Lifecycle
 
 log = logging.getLogger("codex_pool")
@@ -56,7 +56,7 @@ class LocalEndpoints:
         try:
             await self.answer(flow)
         except Exception as e:
-            log.error("codex-pool: local endpoint %s failed: %s", flow.request.path, describe(e))
+            log.error("codex-pool: local endpoint %s failed: %s", flow.request.path, describe_error(e))
             answer_error(flow, 500, "internal_error", "proxy_internal_error",
                          f"codex-pool failed while answering {paths.bare(flow.request.path)} ({type(e).__name__}); see the proxy log")
 

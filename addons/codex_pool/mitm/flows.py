@@ -40,6 +40,6 @@ def redact_pool_token(flow: http.HTTPFlow, account: str) -> None:
         flow.request.headers["Authorization"] = f"Bearer [redacted: pool account {account}]"
 
 
-def describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
     """An exception with its traceback, scrubbed of anything that looks like a token."""
     return redact("".join(traceback.format_exception(e)).rstrip())

@@ -10,7 +10,7 @@ from mitmproxy import ctx, exceptions, http
 
 from codex_pool.core import paths
 from codex_pool.core.addresses import is_loopback
-from codex_pool.mitm.flows import describe, drop_client_credentials
+from codex_pool.mitm.flows import describe_error, drop_client_credentials
 
 log = logging.getLogger("codex_pool")
 
@@ -37,7 +37,7 @@ class CredentialGuard:
             flow.request.stream = False
             drop_client_credentials(flow.request.headers)
         except Exception as e:
-            log.error("codex-pool: requestheaders failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: requestheaders failed on %s: %s", flow.request.path, describe_error(e))
 
 
 def web_exposure_problem(web_host: str, web_password: str | None) -> str | None:

@@ -16,7 +16,7 @@ from codex_pool.core import state, usage_report
 from codex_pool.core.config import Config, ConfigError, default_config
 from codex_pool.core.pool import Pool
 from codex_pool.core.pool_scan import PoolScan
-from codex_pool.mitm.flows import describe
+from codex_pool.mitm.flows import describe_error
 from codex_pool.storage.config_file import load_config
 from codex_pool.storage.event_log import EventLog, Events
 from codex_pool.storage.files import mtime_ns
@@ -106,7 +106,7 @@ class Lifecycle:
             try:
                 self.state_file.save(state.snapshot(self.pool.router, self.pool.registry, self.pool.now()))
             except Exception as e:
-                log.error("codex-pool: saving state at shutdown failed: %s", describe(e))
+                log.error("codex-pool: saving state at shutdown failed: %s", describe_error(e))
         client, self.tokens.http = self.tokens.http, None
         if client is not None:
             try:
@@ -185,7 +185,7 @@ class Lifecycle:
                 self.pool.router.sticky.prune(now)
                 self.pool.note(self.pool.registry.health.tick(now))
             except Exception as e:  # never let the watcher die
-                log.error("codex-pool: background check failed: %s", describe(e))
+                log.error("codex-pool: background check failed: %s", describe_error(e))
 
     async def _keep_tokens(self) -> None:
         """Refresh accounts whose access token is about to expire."""
@@ -194,7 +194,7 @@ class Lifecycle:
                 for name, reason in self.tokens.due(self.pool.now()):
                     self.spawn(self.tokens.refresh_account(name, reason))
             except Exception as e:
-                log.error("codex-pool: token check failed: %s", describe(e))
+                log.error("codex-pool: token check failed: %s", describe_error(e))
             await asyncio.sleep(TOKEN_CHECK_SECONDS)
 
     async def _poll_usage(self) -> None:
@@ -204,7 +204,7 @@ class Lifecycle:
             try:
                 await self.tokens.poll_due(self.spawn)
             except Exception as e:
-                log.error("codex-pool: usage poll failed: %s", describe(e))
+                log.error("codex-pool: usage poll failed: %s", describe_error(e))
 
     async def _persist(self) -> None:
         """Save the serving state every few seconds; drop expired ledger days hourly."""
@@ -220,7 +220,7 @@ class Lifecycle:
                     if dropped:
                         log.info("codex-pool: ledger retention dropped %d old file(s)", len(dropped))
             except Exception as e:
-                log.error("codex-pool: saving state failed: %s", describe(e))
+                log.error("codex-pool: saving state failed: %s", describe_error(e))
 
     async def save_state(self) -> None:
         if self.state_file is not None:

@@ -10,7 +10,7 @@ from mitmproxy import http
 
 from codex_pool.core import paths
 from codex_pool.core.pool import Pool
-from codex_pool.mitm.flows import describe
+from codex_pool.mitm.flows import describe_error
 
 log = logging.getLogger("codex_pool")
 
@@ -34,7 +34,7 @@ class ModelsCache:
             flow.response = http.Response.make(200, cached[1], cached[2])
             flow.comment = "models list from the proxy's cache"
         except Exception as e:
-            log.error("codex-pool: models cache failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: models cache failed on %s: %s", flow.request.path, describe_error(e))
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -49,7 +49,7 @@ class ModelsCache:
                 while len(self._entries) > MAX_ENTRIES:
                     self._entries.pop(next(iter(self._entries)))
         except Exception as e:
-            log.error("codex-pool: models cache failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: models cache failed on %s: %s", flow.request.path, describe_error(e))
 
 
 def is_models_list(flow: http.HTTPFlow) -> bool:

@@ -14,7 +14,7 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
 from codex_pool.core.router import NoRoute
-from codex_pool.mitm.flows import answer_error, describe, drop_client_credentials
+from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials
 
 log = logging.getLogger("codex_pool")
 
@@ -65,7 +65,7 @@ class Routing:
     def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
         """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""
         log.error("codex-pool: internal error on %s %s, answered 503 locally: %s",
-                  flow.request.method, flow.request.path, describe(e))
+                  flow.request.method, flow.request.path, describe_error(e))
         self.pool.close_exchange(flow.id)
         answer_error(flow, 503, "internal_error", "proxy_internal_error",
                      f"codex-pool failed while handling this request ({type(e).__name__}); it was not forwarded. "

@@ -14,7 +14,7 @@ from codex_pool.core.outcome import classify_http, classify_transport_error, str
 from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, answer_error, describe, is_upgrade, redact_pool_token
+from codex_pool.mitm.flows import META, answer_error, describe_error, is_upgrade, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -41,7 +41,7 @@ class Verdicts:
                 response.stream = SSETap(response.headers.get("content-encoding"), TurnObserver(), clock=self.pool.clock,
                                          keep_bytes=(config.inspect_body_limit_kb if config else 0) * 1024)
         except Exception as e:
-            log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe_error(e))
 
     async def response(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -72,7 +72,7 @@ class Verdicts:
             if flow.websocket is None:
                 self._close(flow, exchange, tap.observer if tap is not None else None)
         except Exception as e:
-            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -97,7 +97,7 @@ class Verdicts:
             if flow.websocket is None:
                 self._close(flow, exchange, tap.observer if tap is not None else None)
         except Exception as e:
-            log.error("codex-pool: error hook failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: error hook failed on %s: %s", flow.request.path, describe_error(e))
 
     # ---- helpers ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
 from codex_pool.core.outcome import classify_ws_error, stream_verdict
 from codex_pool.core.pool import Pool
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, describe
+from codex_pool.mitm.flows import META, describe_error
 from codex_pool.mitm.verdicts import absorb_rate_limits
 from codex_pool.upstream.tokens import TokenService
 
@@ -60,7 +60,7 @@ class WebSocketTurns:
             elif len(observer.rate_limits) != seen_limits:
                 absorb_rate_limits(self.pool, exchange.account, observer)
         except Exception as e:
-            log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe(e))
+            log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -73,7 +73,7 @@ class WebSocketTurns:
                 by_client = ws is not None and ws.closed_by_client and ws.close_code != ABNORMAL_CLOSURE
                 self._end_turn(flow, exchange, exchange.ws_turn, cut="client_cancelled" if by_client else "connection_error")
         except Exception as e:
-            log.error("codex-pool: websocket_end failed: %s", describe(e))
+            log.error("codex-pool: websocket_end failed: %s", describe_error(e))
         finally:
             self.pool.close_exchange(flow.id)
             flow.metadata[META] = exchange.to_dict()
