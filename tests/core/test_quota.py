@@ -65,7 +65,7 @@ def test_tracker_burn_rate_and_effective_headroom():
     for minutes, used in [(0, 40.0), (10, 50.0), (20, 60.0)]:
         t.record(quota.RateLimits(quota.Window(used, 300, reset), None, None, NOW + minutes * 60, "headers"))
     later = NOW + 20 * 60
-    assert round(t.burn_per_hour("primary", later)) == 60  # 20 points in 20 minutes
+    assert round(t.burn_per_hour("primary")) == 60  # 20 points in 20 minutes
     assert round(t.seconds_to_exhaustion("primary", later)) == 40 * 60
     # 40 % left but gone in 40 minutes, well before the reset: worth 40 × 40/60
     assert round(t.effective_headroom(later), 1) == round(40 * 40 / 60, 1)
@@ -76,7 +76,7 @@ def test_tracker_near_full_and_new_window():
     t.record(quota.RateLimits(quota.Window(96.0, 300, NOW + 3600), None, None, NOW, "headers"))
     assert t.effective_headroom(NOW) == 1.0  # 4 % left counts as 1
     t.record(quota.RateLimits(quota.Window(2.0, 300, NOW + 5 * 3600), None, None, NOW + 120, "event"))
-    assert t.burn_per_hour("primary", NOW + 120) is None  # a new window: no mixing with the old one
+    assert t.burn_per_hour("primary") is None  # a new window: no mixing with the old one
     assert t.effective_headroom(NOW + 120) == 98.0
 
 

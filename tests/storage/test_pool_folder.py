@@ -81,3 +81,22 @@ def test_duplicate_tie_goes_to_first_name(tmp_path):
     write_auth(tmp_path, "amy", make_auth("acct-same", exp=exp))
     scan = PoolFolder(tmp_path).scan()
     assert list(scan.accounts) == ["amy"] and scan.duplicates == {"zed": "amy"}
+
+
+def test_scan_clears_only_stale_temp_files_of_killed_token_writers(tmp_path):
+    write_auth(tmp_path, "alice", make_auth("acct-a"))
+    old = time.time() - 120
+    stale = tmp_path / ".alice.json.tmp-0123456789abcdef"
+    young = tmp_path / ".alice.json.tmp-fedcba9876543210"  # may be a write in progress
+    kept = [tmp_path / ".alice.json.tmp", tmp_path / ".alice.json.lock", tmp_path / "notes.tmp-0123456789abcdef"]
+    for p in [stale, young, *kept]:
+        p.write_text("{}")
+    for p in [stale, *kept]:
+        os.utime(p, (old, old))
+    folder = PoolFolder(tmp_path)
+    scan = folder.scan()
+    assert list(scan.accounts) == ["alice"] and not scan.problems
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["alice.json", young.name, *(p.name for p in kept)])
+    os.utime(young, (old, old))
+    assert not folder.scan().changed  # hidden files are not accounts: nothing to report
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["alice.json", *(p.name for p in kept)])

@@ -11,12 +11,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from codex_pool.storage.files import remove_stale_temp_files
 from codex_pool.storage.token_file import (
     FileLock,
     TokenFileError,
     TokenSet,
-    lock_path,
-    remove_stale_temp_files,
     write_tokens,
 )
 
@@ -206,91 +205,15 @@ def test_tokens_not_in_repr():
     assert "secret" not in r
 
 
-# --- stale temp files --------------------------------------------------------------------------------
+# --- locking (storage.files.FileLock, tested in test_files.py) ----------------------------------------
 
 
-def test_remove_stale_temp_files_only_old_and_ours(tmp_path):
-    old = time.time() - 120
-    ours_old = tmp_path / ".alice.json.tmp-0123456789abcdef"
-    ours_young = tmp_path / ".bob.json.tmp-fedcba9876543210"
-    not_ours = [tmp_path / "alice.json", tmp_path / ".alice.json.lock", tmp_path / "notes.tmp-0123456789abcdef"]
-    for p in [ours_old, ours_young, *not_ours]:
-        p.write_text("x")
-    for p in [ours_old, *not_ours]:
-        os.utime(p, (old, old))
-    assert remove_stale_temp_files(tmp_path) == [ours_old]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours_young.name] + [p.name for p in not_ours])
-    assert remove_stale_temp_files(tmp_path, older_than_seconds=0) == [ours_young]
-
-
-# --- locking -----------------------------------------------------------------------------------------
-
-HOLDER = """
-import sys
-from pathlib import Path
-from codex_pool.storage.token_file import FileLock
-lock = FileLock(Path(sys.argv[1]))
-lock.acquire(5)
-print("locked", flush=True)
-sys.stdin.readline()
-lock.release()
-print("released", flush=True)
-sys.stdin.readline()
-"""
-
-
-def start_holder(auth: Path) -> subprocess.Popen:
-    p = subprocess.Popen([PYTHON, "-c", HOLDER, str(auth)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
-    return p
-
-
-def test_lock_path_is_hidden_beside_and_not_json():
-    assert lock_path(Path("pool/alice.json")) == Path("pool/.alice.json.lock")
-
-
-def test_lock_excludes_other_processes(tmp_path):
+def test_a_held_pool_file_lock_keeps_other_writers_out(tmp_path):
     auth = put(tmp_path / "alice.json", snake_doc())
-    holder = start_holder(auth)
-    try:
-        lock = FileLock(auth)
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError, match="alice.json"):
-            lock.acquire(timeout=0.3)
-        assert 0.25 <= time.monotonic() - t0 < 2
-        assert not lock.locked
-        holder.stdin.write("\n")
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == "released"
-        lock.acquire(timeout=2)  # released while the holder is still alive
-        assert lock.locked
-        lock.release()
-        lock.release()  # idempotent
-    finally:
-        holder.kill()
-        holder.wait(5)
-    lf = lock_path(auth)
-    assert lf.name.startswith(".") and not lf.name.endswith(".json")
-    assert stat.S_IMODE(lf.stat().st_mode) == 0o600
-
-
-def test_lock_freed_when_holder_is_killed_and_context_manager(tmp_path):
-    auth = put(tmp_path / "alice.json", snake_doc())
-    holder = start_holder(auth)
-    try:
-        with pytest.raises(TimeoutError):
-            FileLock(auth).acquire(timeout=0.1)
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(5)
     with FileLock(auth) as lock:
-        assert lock.locked
-        with pytest.raises(TimeoutError):  # a second lock in this same process is excluded too
+        assert lock.path == tmp_path / ".alice.json.lock"
+        with pytest.raises(TimeoutError, match="alice.json"):
             FileLock(auth).acquire(timeout=0.05)
-    assert not lock.locked
-    again = FileLock(auth)
-    again.acquire(timeout=0)
-    again.release()
 
 
 # --- kill test ---------------------------------------------------------------------------------------

@@ -197,7 +197,9 @@ async def test_keeper_backs_off_after_transient_failures(tmp_path):
     await keeper.refresh(a, "proactive_expiry", NOW)
     assert keeper.due({"alice": a}, NOW + 1) == []  # backing off
     assert keeper.due({"alice": a}, NOW + 6) != []  # 5 s later it may try again
-    assert keeper.status("alice")["failures"] == 1
+    await keeper.refresh(a, "proactive_expiry", NOW + 6)  # a second failure in a row: the wait doubles
+    assert keeper.due({"alice": a}, NOW + 15) == []
+    assert keeper.due({"alice": a}, NOW + 16) != []
 
 
 async def test_keeper_does_not_refresh_again_right_after_a_success(tmp_path):

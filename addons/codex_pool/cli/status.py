@@ -20,7 +20,6 @@ from codex_pool.core.config import ConfigError, default_config
 from codex_pool.storage.config_file import load_config
 
 
-
 def _ts(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
@@ -54,7 +53,7 @@ def _window(limits: dict | None, which: str) -> dict | None:
     return (limits or {}).get(which) if isinstance((limits or {}).get(which), dict) else None
 
 
-def rows(accounts: list[dict], now: float) -> list[dict]:
+def rows(accounts: list[dict]) -> list[dict]:
     """One row per served account: what the table, --short and --json show."""
     out = []
     for a in accounts:
@@ -79,7 +78,7 @@ def rows(accounts: list[dict], now: float) -> list[dict]:
 
 
 def table(data: dict, now: float) -> str:
-    rs = rows(data.get("accounts", []), now)
+    rs = rows(data.get("accounts", []))
     header = ["account", "plan", "state", "5h used", "weekly", "resets in", "sticky", "last used"]
     lines = [header]
     for r in rs:
@@ -101,8 +100,8 @@ def table(data: dict, now: float) -> str:
     return f"{usable}/{len(rs)} accounts usable · policy {data.get('policy')}{pin}\n{text}"
 
 
-def short(data: dict, now: float) -> str:
-    rs = rows(data.get("accounts", []), now)
+def short(data: dict) -> str:
+    rs = rows(data.get("accounts", []))
     usable = sum(1 for r in rs if r["state"] == "usable")
     parts = []
     for r in rs:
@@ -148,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     now = time.time()
     if args.json:
-        print(json.dumps({"policy": data.get("policy"), "pinned": data.get("pinned"), "accounts": rows(data["accounts"], now)},
+        print(json.dumps({"policy": data.get("policy"), "pinned": data.get("pinned"), "accounts": rows(data["accounts"])},
                          indent=2))
     elif args.short:
-        print(short(data, now))
+        print(short(data))
     else:
         print(table(data, now))
     return 0

@@ -19,7 +19,8 @@ import jwt
 AUTH_CLAIMS = "https://api.openai.com/auth"
 PROFILE_CLAIMS = "https://api.openai.com/profile"
 
-_KEYS = {
+# The JSON key of each field inside "tokens", by key style (Codex writes snake_case).
+TOKEN_KEY_NAMES = {
     "snake": {"id_token": "id_token", "access_token": "access_token", "refresh_token": "refresh_token", "account_id": "account_id"},
     "camel": {"id_token": "idToken", "access_token": "accessToken", "refresh_token": "refreshToken", "account_id": "accountId"},
 }
@@ -39,7 +40,6 @@ class Account:
     account_id: str
     email: str | None
     plan: str | None
-    user_id: str | None
     access_expires_at: float | None
     last_refresh: datetime | None
     key_style: str  # "snake" | "camel"
@@ -72,21 +72,22 @@ def decode_claims(token: str) -> dict[str, Any]:
     return claims
 
 
-def _detect_style(tokens: dict[str, Any]) -> str:
-    camel = sum(1 for k in _KEYS["camel"].values() if k in tokens)
-    snake = sum(1 for k in _KEYS["snake"].values() if k in tokens)
+def detect_key_style(tokens: dict[str, Any]) -> str:
+    """"camel" when a "tokens" object uses more camelCase keys than snake_case ones, else "snake"."""
+    camel = sum(1 for k in TOKEN_KEY_NAMES["camel"].values() if k in tokens)
+    snake = sum(1 for k in TOKEN_KEY_NAMES["snake"].values() if k in tokens)
     return "camel" if camel > snake else "snake"
 
 
 def _token(tokens: dict[str, Any], style: str, field: str) -> str | None:
-    value = tokens.get(_KEYS[style][field])
+    value = tokens.get(TOKEN_KEY_NAMES[style][field])
     if value is None:  # tolerate a file that mixes forms
         other = "camel" if style == "snake" else "snake"
-        value = tokens.get(_KEYS[other][field])
+        value = tokens.get(TOKEN_KEY_NAMES[other][field])
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise AuthFileError(f"tokens.{_KEYS[style][field]} is not a non-empty string; {_FIX}")
+        raise AuthFileError(f"tokens.{TOKEN_KEY_NAMES[style][field]} is not a non-empty string; {_FIX}")
     return value.strip()
 
 
@@ -120,8 +121,8 @@ def parse_auth(data: bytes, path: Path) -> Account:
         raise AuthFileError(f"no \"tokens\" object; {_FIX}")
     if not isinstance(tokens, dict):
         raise AuthFileError(f"\"tokens\" is not an object; {_FIX}")
-    style = _detect_style(tokens)
-    keys = _KEYS[style]
+    style = detect_key_style(tokens)
+    keys = TOKEN_KEY_NAMES[style]
     access = _token(tokens, style, "access_token")
     id_token = _token(tokens, style, "id_token")
     refresh = _token(tokens, style, "refresh_token")
@@ -153,7 +154,6 @@ def parse_auth(data: bytes, path: Path) -> Account:
         account_id=account_id,
         email=_str_claim(id_claims.get("email")) or _str_claim(profile.get("email")),
         plan=_str_claim(auth.get("chatgpt_plan_type")),
-        user_id=_str_claim(auth.get("chatgpt_user_id")) or _str_claim(auth.get("user_id")),
         access_expires_at=expires_at,
         last_refresh=_parse_time(doc.get("last_refresh", doc.get("lastRefresh"))),
         key_style=style,

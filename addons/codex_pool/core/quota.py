@@ -200,7 +200,7 @@ class QuotaTracker:
         self._samples.append(self.latest)
         del self._samples[: -self._max]
 
-    def burn_per_hour(self, which: str, now: float) -> float | None:
+    def burn_per_hour(self, which: str) -> float | None:
         """Percent per hour used in the current window, from samples at least a minute apart."""
         current = getattr(self.latest, which) if self.latest else None
         if current is None:
@@ -217,7 +217,7 @@ class QuotaTracker:
 
     def seconds_to_exhaustion(self, which: str, now: float) -> float | None:
         window = getattr(self.latest, which) if self.latest else None
-        rate = self.burn_per_hour(which, now)
+        rate = self.burn_per_hour(which)
         if window is None or not rate:
             return None
         return (100.0 - window.used_now(now)) / rate * 3600.0
@@ -249,7 +249,7 @@ class QuotaTracker:
             return None
         out = self.latest.to_dict()
         for which in ("primary", "secondary"):
-            rate = self.burn_per_hour(which, now)
+            rate = self.burn_per_hour(which)
             if out.get(which) and rate is not None:
                 out[which]["burn_percent_per_hour"] = round(rate, 2)
         return out

@@ -15,10 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+from codex_pool.core.ledger import TOKEN_FIELDS  # the usage records' token counts
+
 GROUP_KEYS = ("account", "day", "model")
 TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})
 NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled"})
-TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "total_tokens")
 COUNT_FIELDS = ("requests", "turns", *TOKEN_FIELDS, "failed_over", "errors", "cancelled")
 COST_DECIMALS = 4
 UNKNOWN = "(unknown)"
@@ -154,10 +155,6 @@ def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], group: Sequence[str], with_cost: bool) -> list[str]:
-    return [*group, *COUNT_FIELDS, *(["cost_usd"] if with_cost else [])]
-
-
 def format_cost(value: float | None) -> str:
     return NULL_COST if value is None else f"{value:,.{COST_DECIMALS}f}"
 
@@ -201,7 +198,7 @@ def to_csv(rows: Sequence[Mapping[str, Any]], group: Sequence[str] | None = None
     if group is None:  # the rows' own keys, in their order
         group = [k for k in rows[0] if k in GROUP_KEYS] if rows else []
     with_cost = any("cost_usd" in r for r in rows)
-    cols = _columns(rows, group, with_cost)
+    cols = [*group, *COUNT_FIELDS, *(["cost_usd"] if with_cost else [])]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)

@@ -11,8 +11,9 @@ segment of each day in the batch â€” never more than `segment_records` records â
 flush does not grow with the history, and a report over a range opens only the day files whose
 names overlap it.
 
-Every write goes to a hidden temp file in the same folder, is fsynced and renamed over the segment
-(then the folder is fsynced): a kill at any moment leaves the previous or the new complete file.
+Every write goes through `files.write_atomic` (a hidden temp file in the same folder, fsynced and
+renamed over the segment, then the folder fsynced): a kill at any moment leaves the previous or the
+new complete file.
 Files are 0600, folders 0700. A segment that cannot be read is never overwritten or deleted: it is
 renamed to `<name>.corrupt-<UTC timestamp>` and a warning names both paths.
 
@@ -21,16 +22,15 @@ Everything here is blocking file I/O; the proxy runs it in a worker thread. No m
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import re
-import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -39,14 +39,12 @@ from typing import Any
 from tinydb import TinyDB
 from tinydb.storages import Storage
 
-from codex_pool.storage.files import fsync_dir
+from codex_pool.storage.files import FileLock, fsync_dir, remove_stale_temp_files, write_atomic
 
-FILE_MODE = 0o600
 DIR_MODE = 0o700
+LOCK_NAME = ".lock"
 DEFAULT_TABLE = "_default"
-TMP_MARK = ".tmp-"
 CORRUPT_MARK = ".corrupt-"
-STALE_TMP_SECONDS = 60.0
 MAX_WARNINGS = 200
 DAY_SECONDS = 86400.0
 
@@ -75,8 +73,6 @@ class LedgerAppendError(OSError):
 
 
 # --- storage -----------------------------------------------------------------------------------
-
-
 
 
 def _make_dir(folder: Path) -> None:
@@ -169,33 +165,13 @@ class AtomicJSONStorage(Storage):
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        folder = self.path.parent
-        _make_dir(folder)
-        tmp = folder / f".{self.path.name}{TMP_MARK}{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        _make_dir(self.path.parent)
         try:
-            try:
-                os.fchmod(fd, FILE_MODE)  # exact bits, whatever the umask
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-                sig = _signature(os.fstat(fd))  # the inode keeps it through the rename
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
+            st = write_atomic(self.path, payload)  # 0600 whatever the file had
         except BaseException:
             self._known = False  # whatever happened, believe the disk next time
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise
-        self._data, self._sig, self._known = data, sig, True
-        try:
-            fsync_dir(folder)
-        except OSError:
-            pass  # the new file is in place (and was fsynced); only the rename's durability is at stake
+        self._data, self._sig, self._known = data, _signature(st), True
 
     def close(self) -> None:
         self._data, self._sig, self._known = None, None, False
@@ -380,8 +356,14 @@ class LedgerStore:
 
     # -- locking --
 
-    def _locked(self) -> "_Locked":
-        return _Locked(self)
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The store's thread lock plus an exclusive flock on `folder/.lock` (other processes),
+        waited for as long as it takes."""
+        with self._lock:
+            _make_dir(self.folder)
+            with FileLock(self.folder, self.folder / LOCK_NAME, timeout=None):
+                yield
 
     # -- public API --
 
@@ -400,7 +382,7 @@ class LedgerStore:
                     messages.append(warning)
                 self._segments[day] = seg
             for month in {day_of(now)[:7], day_of(now - 31 * DAY_SECONDS)[:7]}:
-                self._remove_stale_temp_files(self.folder / month, now)
+                remove_stale_temp_files(self.folder / month, now=now)
         return messages
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -543,60 +525,17 @@ class LedgerStore:
                         except FileNotFoundError:
                             continue
                         removed.append(mdir / name)
-                self._remove_stale_temp_files(mdir, now)
+                remove_stale_temp_files(mdir, now=now)
                 try:
                     os.rmdir(mdir)  # only succeeds when empty
                 except OSError:
                     pass
         return removed
 
-    def _remove_stale_temp_files(self, folder: Path, now: float) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            if not (entry.name.startswith(".") and TMP_MARK in entry.name and entry.name.split(TMP_MARK)[0][1:].endswith(".json")):
-                continue
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime < now - STALE_TMP_SECONDS:
-                    os.unlink(entry.path)
-            except OSError:
-                pass
-
     def close(self) -> None:
         with self._lock:
             for day in list(self._segments):
                 self._forget(day)
-
-
-class _Locked:
-    """The store's thread lock plus an exclusive flock on `folder/.lock` (other processes)."""
-
-    def __init__(self, store: LedgerStore):
-        self.store = store
-        self.fd: int | None = None
-
-    def __enter__(self) -> None:
-        self.store._lock.acquire()
-        try:
-            _make_dir(self.store.folder)
-            self.fd = os.open(self.store.folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except BaseException:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-            self.store._lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self.fd is not None:
-                os.close(self.fd)  # releases the flock
-                self.fd = None
-        finally:
-            self.store._lock.release()
 
 
 __all__ = [

@@ -4,7 +4,8 @@
 whose (mtime, size, inode) changed, so a scan of an unchanged folder costs one `stat` per file.
 A bad file is skipped and reported once per version of the file; it is never modified or deleted.
 Two files for the same account id: the one whose access token expires last is served (then the
-first by name), the others are listed as duplicates.
+first by name), the others are listed as duplicates. The only files a scan deletes are the temp
+files of a token write-back killed mid-write (`.<name>.json.tmp-<hex>`, older than a minute).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
 from codex_pool.core.pool_scan import PoolScan, Problem
+from codex_pool.storage.files import TEMP_NAME, remove_stale_temp_files
 
 MAX_FILE_BYTES = 1 << 20  # an auth.json is a few KB; anything this large is not one
 
@@ -32,10 +34,13 @@ class PoolFolder:
     def scan(self) -> PoolScan:
         result = PoolScan()
         try:
+            listed = list(os.scandir(self.path))
             entries = sorted(
-                (e for e in os.scandir(self.path) if e.name.endswith(".json") and not e.name.startswith(".")),
+                (e for e in listed if e.name.endswith(".json") and not e.name.startswith(".")),
                 key=lambda e: e.name,
             )
+            if any(TEMP_NAME.match(e.name) for e in listed):
+                remove_stale_temp_files(self.path)
         except FileNotFoundError:
             entries = []
             result.folder_error = f"{self.path} does not exist; create it and drop Codex auth.json files there"

@@ -21,7 +21,6 @@ MIN_INTERVAL = 300.0  # seconds between proactive refreshes of one account
 class _Retry:
     failures: int = 0
     next_at: float = 0.0
-    last: RefreshResult | None = None
 
 
 @dataclass
@@ -49,7 +48,7 @@ class TokenKeeper:
     def record(self, name: str, result: RefreshResult, now: float) -> None:
         if result.ok:
             # tokens that come back already inside the margin are not refreshed again at once
-            self._retry[name] = _Retry(0, now + MIN_INTERVAL, None)
+            self._retry[name] = _Retry(0, now + MIN_INTERVAL)
             return
         if result.outcome == PERMANENT:
             self._retry.pop(name, None)
@@ -57,13 +56,6 @@ class TokenKeeper:
         retry = self._retry.setdefault(name, _Retry())
         retry.failures += 1
         retry.next_at = now + refresh_policy.backoff(retry.failures)
-        retry.last = result
 
     def forget(self, name: str) -> None:
         self._retry.pop(name, None)
-
-    def status(self, name: str) -> dict | None:
-        retry = self._retry.get(name)
-        if retry is None or retry.last is None:
-            return None
-        return {"failures": retry.failures, "next_attempt_at": retry.next_at, "last_error": retry.last.code}
