@@ -134,7 +134,7 @@ class AccountRegistry:
                     "requests": rt.requests,
                     "in_flight": rt.in_flight,
                     "sticky_conversations": sticky_counts.get(name, 0),
-                    "rate_limits": rt.quota.to_dict(now),
+                    "rate_limits": rt.quota.to_dict(),
                 }
             )
         for name, served in sorted(self.duplicates.items()):

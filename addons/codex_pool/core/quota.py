@@ -244,7 +244,7 @@ class QuotaTracker:
                 headroom = min(headroom, left * eta / SOON_SECONDS)
         return headroom
 
-    def to_dict(self, now: float) -> dict | None:
+    def to_dict(self) -> dict | None:
         if self.latest is None:
             return None
         out = self.latest.to_dict()

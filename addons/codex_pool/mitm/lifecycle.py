@@ -179,8 +179,7 @@ class Lifecycle:
             config = self.pool.config
             await asyncio.sleep(config.pool_scan_seconds if config else 2.0)
             try:
-                await self._reload_config_if_changed()
-                await self.rescan()
+                await self.rescan(check_config=True)
                 now = self.pool.now()
                 self.pool.router.sticky.prune(now)
                 self.pool.note(self.pool.registry.health.tick(now))
@@ -227,12 +226,10 @@ class Lifecycle:
             doc = state.snapshot(self.pool.router, self.pool.registry, self.pool.now())
             await asyncio.to_thread(self.state_file.save, doc)
 
-    async def _reload_config_if_changed(self) -> None:
+    async def _reload_config(self, mtime: int | None) -> None:
+        """mitm.yaml changed on disk (its mtime differs): apply it, or keep the old settings."""
         config = self.pool.config
-        if config is None or config.source is None:
-            return
-        mtime = await asyncio.to_thread(mtime_ns, config.source)
-        if mtime == self._config_mtime:
+        if config is None or config.source is None or mtime == self._config_mtime:
             return
         self._config_mtime = mtime
         try:
@@ -241,21 +238,32 @@ class Lifecycle:
             log.warning("codex-pool: %s — keeping the previous settings until the file is fixed", e)
             return
         if new != config:
+            folder = self.folder
             self._apply_config(new)
             log.info("codex-pool: reloaded %s", config.source)
+            if self.folder is not folder:  # pool_dir changed: serve the new folder now
+                await self.rescan()
 
-    async def rescan(self) -> PoolScan:
-        """Re-read the pool folder (changed files only) in a worker thread."""
+    async def rescan(self, check_config: bool = False) -> PoolScan:
+        """Re-read the pool folder (changed files only) in a worker thread; with `check_config`,
+        also look at mitm.yaml's mtime in the same hop (one thread hop per watcher tick)."""
         if self._scan_lock is None:
             self._scan_lock = asyncio.Lock()
+        source = self.pool.config.source if check_config and self.pool.config else None
         async with self._scan_lock:
             folder = self.folder
             if folder is None:
                 return PoolScan()
-            scan = await asyncio.to_thread(folder.scan)
+
+            def look() -> tuple[PoolScan, int | None]:
+                return folder.scan(), mtime_ns(source) if source is not None else None
+
+            scan, mtime = await asyncio.to_thread(look)
             if folder is self.folder:
                 self._report(scan, initial=False)
-            return scan
+        if source is not None:
+            await self._reload_config(mtime)
+        return scan
 
     def _report(self, scan: PoolScan, initial: bool) -> None:
         registry = self.pool.registry

@@ -84,7 +84,8 @@ class EventLog:
         try:
             while True:
                 await asyncio.sleep(interval)
-                await asyncio.to_thread(self.flush)
+                if self._queue:  # an idle proxy costs no thread hop
+                    await asyncio.to_thread(self.flush)
         finally:
             self.flush()
 
