@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from codex_pool.core.redact import is_client_credential, redact
 from tests.support.tokens import make_jwt
@@ -18,3 +20,12 @@ def test_redact_removes_tokens():
 )
 def test_client_credential_headers(name, expected):
     assert is_client_credential(name) is expected
+
+
+@given(st.text(alphabet=st.sampled_from(list("eyJrt_tokenBEARERabc.:= \"'-0123456789")), max_size=80))
+def test_the_fast_path_never_skips_what_a_full_scan_would_redact(text):
+    from codex_pool.core import redact as mod
+
+    full = mod._KEYED.sub(r"\1[redacted]", mod._REFRESH.sub("[redacted-refresh-token]",
+                          mod._BEARER.sub(r"\1[redacted]", mod._JWT.sub("[redacted-jwt]", text))))
+    assert redact(text) == full

@@ -571,3 +571,32 @@ def test_tap_failing_clock_does_not_raise() -> None:
     tap, obs = run_tap([CODEX_STREAM], clock=clock)
     assert tap.error == "OSError: clock broke"
     assert tap.bytes_seen == len(CODEX_STREAM)
+
+
+# --- the counting fast paths (one whole delta event per chunk; whole events per chunk) -----------
+
+@given(st.lists(st.integers(min_value=0), max_size=20), st.booleans())
+def test_delta_fast_paths_count_exactly_what_the_line_parser_sees(cuts, one_event_per_chunk) -> None:
+    events = codex_events()
+    chunks = [sse([e]) for e in events] if one_event_per_chunk else split_at(CODEX_STREAM, cuts)
+    tap, obs = run_tap(chunks)
+    assert obs.summary() == EXPECTED_SUMMARY and obs.deltas == N_DELTAS
+    assert tap.events == N_EVENTS
+    if one_event_per_chunk:
+        assert tap.parser.deltas_counted == N_DELTAS  # every delta took the counting path
+    # a viewer's parser (no counting) still gets every delta with its text
+    viewer = SSEParser()
+    texts = [e.data for c in chunks for e in viewer.feed(c) if e.event == "response.output_text.delta"]
+    assert len(texts) == N_DELTAS and all('"delta"' in t for t in texts)
+
+
+def test_a_delta_chunk_is_only_counted_between_events() -> None:
+    p = SSEParser(count_deltas=True)
+    delta = sse([{"type": "response.output_text.delta", "delta": "x"}])
+    assert p.take_delta_chunk(delta) is False  # the first line of a stream goes through the parser (BOM)
+    p.feed(b"event: response.created\ndata: {}\n\n")
+    assert p.take_delta_chunk(delta) is True and p.deltas_counted == 1
+    p.feed(b"data: half an event")
+    assert p.take_delta_chunk(delta) is False  # an event in progress: the line parser must see this
+    assert p.take_delta_chunk(b"event: response.output_text.delta\r\ndata: {}\r\n\r\n") is False
+    assert p.take_delta_chunk(b"event: response.completed\ndata: {}\n\n") is False

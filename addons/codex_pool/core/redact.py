@@ -11,8 +11,13 @@ _REFRESH = re.compile(r"\brt_[A-Za-z0-9_.-]{8,}")
 _KEYED = re.compile(r"(?i)((?:access|refresh|id)_?token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
 
 
+_MAYBE = re.compile(r"(?i)eyJ|bearer|rt_|token")  # every pattern below needs one of these
+
+
 def redact(text: str) -> str:
     """Replace anything that looks like a token with a marker."""
+    if not _MAYBE.search(text):
+        return text  # the common case: one scan instead of four substitutions
     text = _JWT.sub("[redacted-jwt]", text)
     text = _BEARER.sub(r"\1[redacted]", text)
     text = _REFRESH.sub("[redacted-refresh-token]", text)
@@ -22,8 +27,11 @@ def redact(text: str) -> str:
 CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "cookie", "proxy-authorization"})
 
 
-def is_client_credential(header_name: str) -> bool:
-    """Headers a client may use to carry its own identity; none of them may reach upstream."""
+def is_client_credential(header_name: str | bytes) -> bool:
+    """Headers a client may use to carry its own identity; none of them may reach upstream.
+    Takes the raw (bytes) name too, so a hook need not decode every header."""
+    if isinstance(header_name, bytes):
+        header_name = header_name.decode("latin-1")
     return header_name.strip().lower().replace("_", "-") in CLIENT_CREDENTIAL_HEADERS
 
 

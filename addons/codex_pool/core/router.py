@@ -77,10 +77,13 @@ class Router:
         return self.registry.health.out_for(name, now) <= self.repin_after
 
     def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
+        pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
+        if (pin_of_conversation is not None and self.pinned is None and pin_of_conversation not in exclude
+                and self.registry.unusable_reason(pin_of_conversation, now) is None):
+            return self._serve(pin_of_conversation, "sticky", conversation, None, now)  # the common case, cheaply
         lane = self._lanes["conversation" if conversation else "keyless"]
         candidates = [c for c in self.registry.candidates(now, lane.last_picked) if c.name not in exclude]
         usable = {c.name for c in candidates}
-        pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
         standin_for = None
         if pin_of_conversation is not None and pin_of_conversation not in usable:
             if self.keeps_pin(pin_of_conversation, now):
@@ -106,13 +109,16 @@ class Router:
         if choice.reason == "pinned" and pin_of_conversation is not None and (
                 pin_of_conversation in usable or self.keeps_pin(pin_of_conversation, now)):
             standin_for = pin_of_conversation if pin_of_conversation != choice.name else None
+        return self._serve(choice.name, reason, conversation, standin_for, now)
+
+    def _serve(self, name: str, reason: str, conversation: str | None, standin_for: str | None, now: float) -> Route:
         if conversation:
             # an admin pin or a stand-in serves the conversation without taking it over
-            self.sticky.put(conversation, standin_for or choice.name, now)
-        rt = self.registry.rt(choice.name)
+            self.sticky.put(conversation, standin_for or name, now)
+        rt = self.registry.rt(name)
         rt.last_used = now
         rt.requests += 1
-        return Route(self.registry.accounts[choice.name], reason, conversation, standin_for)
+        return Route(self.registry.accounts[name], reason, conversation, standin_for)
 
     def has_alternative(self, now: float, exclude: frozenset[str]) -> bool:
         return any(name not in exclude for name in self.registry.usable_names(now))

@@ -120,6 +120,11 @@ class ContentDecoder:
                 self._stages = []
                 return
 
+    @property
+    def transforms(self) -> bool:
+        """False when the bytes pass through as they are (identity), and nothing failed."""
+        return bool(self._stages) or self.error is not None
+
     def feed(self, data: bytes) -> bytes:
         """Decode the next piece of the body."""
         if self.error is not None:
@@ -168,8 +173,12 @@ class SSEParser:
     trailing event is dropped and counted in ``truncated``.
     """
 
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, *, count_deltas: bool = False) -> None:
         self.max_event_bytes = max_event_bytes
+        # count_deltas: whole `*.delta` events are counted in `deltas_counted` instead of returned
+        # (a tap needs only their number; a viewer wants their text)
+        self.count_deltas = count_deltas
+        self.deltas_counted = 0
         self.overflows = 0
         self.truncated = 0
         self._pending = bytearray()  # the current, not yet terminated line
@@ -184,6 +193,53 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Parse the next chunk; returns the events it completed."""
+        if (not self._pending and not self._has_fields and not self._skipping and not self._cr_end
+                and not self._first_line and b"\r" not in data):
+            # Between events, LF-only: whole events are cut at blank lines, and the common
+            # `event: *.delta` + one `data:` line is taken without walking its lines.
+            blocks = data.split(b"\n\n")
+            if len(blocks) > 1:
+                out: list[SSEEvent] = []
+                line = self._line
+                for block in blocks[:-1]:
+                    if not self._delta_block(block, out):
+                        for raw in block.split(b"\n"):
+                            line(raw, out)
+                        line(b"", out)
+                if blocks[-1]:
+                    out += self._feed_lines(blocks[-1])
+                return out
+        return self._feed_lines(data)
+
+    def take_delta_chunk(self, chunk: bytes) -> bool:
+        """A chunk that is exactly one whole `event: <type>.delta` / `data: …` event, arriving
+        between events, is counted (with `count_deltas`) without going through the line parser.
+        False, and nothing done, for any other chunk."""
+        if (self._pending or self._has_fields or self._skipping or self._cr_end or self._first_line
+                or not chunk.endswith(b"\n\n") or b"\r" in chunk):
+            return False
+        block = chunk[:-2]
+        if b"\n\n" in block:
+            return False
+        return self._delta_block(block, [])
+
+    def _delta_block(self, block: bytes, out: list[SSEEvent]) -> bool:
+        """One whole `event: <type>.delta` / `data: …` event, taken at once; False for anything else."""
+        if not block.startswith(b"event: ") or len(block) > self.max_event_bytes:
+            return False
+        nl = block.find(b"\n")
+        if nl < 0 or not block.startswith(b"data: ", nl + 1) or block.find(b"\n", nl + 1) >= 0:
+            return False
+        name = block[7:nl]
+        if not name.endswith(b".delta") or b":" in name:
+            return False
+        if self.count_deltas:
+            self.deltas_counted += 1
+            return True
+        out.append(SSEEvent(name.decode("utf-8", "replace"), block[nl + 7:].decode("utf-8", "replace"), self._id))
+        return True
+
+    def _feed_lines(self, data: bytes) -> list[SSEEvent]:
         if self._cr_end and data:
             self._cr_end = False
             if data[0] == 0x0A:
@@ -304,7 +360,10 @@ class SSETap:
         self.decoder = ContentDecoder(content_encoding)
         self.keep_bytes = keep_bytes  # keep a copy of the first N raw bytes (for flow inspection)
         self.kept = bytearray()
-        self.parser = SSEParser(max_event_bytes)
+        self.parser = SSEParser(max_event_bytes, count_deltas=observer is not None)
+        self._deltas_seen = 0
+        # the common chunk (one whole delta event, not compressed) is only counted: see take_delta_chunk
+        self._count_only = observer is not None and not self.decoder.transforms
         self.observer = observer
         self.clock = clock
         self.first_byte_at: float | None = None
@@ -322,6 +381,11 @@ class SSETap:
                 if self.first_byte_at is None:
                     self.first_byte_at = self.clock()
                 if self.error is None and not self.ended:
+                    if self._count_only and self.parser.take_delta_chunk(chunk):
+                        self.events += 1
+                        self.observer.count_deltas(1)
+                        self._deltas_seen = self.parser.deltas_counted
+                        return chunk
                     decoded = self.decoder.feed(chunk)
                     if decoded:
                         self._dispatch(self.parser.feed(decoded))
@@ -337,8 +401,14 @@ class SSETap:
         return chunk
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
-        self.events += len(events)
         observer = self.observer
+        counted = self.parser.deltas_counted - self._deltas_seen
+        if counted:
+            self._deltas_seen += counted
+            self.events += counted
+            if observer is not None:
+                observer.count_deltas(counted)
+        self.events += len(events)
         if observer is None:
             return
         for ev in events:

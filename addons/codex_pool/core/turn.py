@@ -132,6 +132,11 @@ class TurnObserver:
         """The newest ``codex.rate_limits`` event, or None."""
         return self.rate_limits[-1] if self.rate_limits else None
 
+    def count_deltas(self, n: int) -> None:
+        """`n` delta events seen without their text (a tap counts them; nothing in them is kept)."""
+        self.events += n
+        self.deltas += n
+
     def observe_json(self, data: str | bytes, event_type: str | None = None) -> None:
         """Observe one event given as JSON text; ``event_type`` is the SSE ``event:`` field.
 
