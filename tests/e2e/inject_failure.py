@@ -5,7 +5,8 @@ from mitmproxy import ctx
 
 class InjectFailure:
     def running(self):
-        pool = ctx.master.addons.get("routing").pool  # the Pool every codex-pool addon shares
+        pipeline = ctx.master.addons.get("pipeline")
+        pool = next(part.pool for part in pipeline.parts if hasattr(part, "pool"))  # the Pool they all share
 
         def broken(*args, **kwargs):
             raise RuntimeError("injected failure for the fail-closed test")

@@ -31,12 +31,14 @@ class Pipeline:
         self.tctx.master.options.update(**options)
 
     async def hook(self, name, flow):
+        """As mitmproxy does: each addon's hook in order, awaited when async, then wait while held."""
         for addon in self.addons:
             fn = getattr(addon, name, None)
             if fn is not None:
                 result = fn(flow)
                 if asyncio.iscoroutine(result):
                     await result
+        await asyncio.wait_for(flow.wait_for_resume(), 5)
 
 
 @pytest.fixture
@@ -230,3 +232,34 @@ def test_mitmweb_beyond_loopback_needs_a_password(host, password, refused):
     assert (problem is not None) == refused
     if refused:
         assert "web_password" in problem
+
+
+async def test_the_pipeline_calls_each_part_in_order_sync_when_it_can():
+    from codex_pool.mitm.pipeline import Pipeline as FlowPipeline
+
+    calls = []
+
+    class A:
+        def request(self, flow):
+            calls.append("a.request")
+
+        def response(self, flow):
+            calls.append("a.response")
+
+    class B:
+        def request(self, flow):
+            calls.append("b.request")
+
+    class C:
+        async def response(self, flow):
+            calls.append("c.response")
+
+    parts = [A(), B(), C()]
+    pipeline = FlowPipeline(parts)
+    assert not asyncio.iscoroutinefunction(pipeline.request) and asyncio.iscoroutinefunction(pipeline.response)
+    assert not hasattr(pipeline, "error") and pipeline.__dict__.get("websocket_end") is None
+    pipeline.request(None)
+    await pipeline.response(None)
+    assert calls == ["a.request", "b.request", "a.response", "c.response"]
+    single = FlowPipeline([B()])
+    assert single.request.__self__ is single.parts[0]  # one part: mitmproxy calls it directly

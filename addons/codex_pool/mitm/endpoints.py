@@ -30,7 +30,7 @@ from codex_pool.core.bodies import json_body
 from codex_pool.core.client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
 from codex_pool.core.metrics import CONTENT_TYPE
 from codex_pool.core.pool import STEER_ACTIONS, Pool
-from codex_pool.mitm.flows import answer, answer_error, describe_error
+from codex_pool.mitm.flows import Deferrals, answer, answer_error, describe_error
 from codex_pool.mitm.lifecycle import Lifecycle
 
 log = logging.getLogger("codex_pool")
@@ -49,18 +49,32 @@ class LocalEndpoints:
     def __init__(self, pool: Pool, lifecycle: Lifecycle):
         self.pool = pool
         self.lifecycle = lifecycle
+        self.deferrals = Deferrals()
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None or not paths.is_local(flow.request.path):
             return
         try:
-            await self.answer(flow)
+            pending = self.answer(flow)
+            if pending is not None:  # e.g. a rescan: the flow is held until the answer is ready
+                self.deferrals.hold(flow, self._finish(flow, pending), "local endpoint")
         except Exception as e:
-            log.error("codex-pool: local endpoint %s failed: %s", flow.request.path, describe_error(e))
-            answer_error(flow, 500, "internal_error", "proxy_internal_error",
-                         f"codex-pool failed while answering {paths.bare(flow.request.path)} ({type(e).__name__}); see the proxy log")
+            self._failed(flow, e)
 
-    async def answer(self, flow: http.HTTPFlow) -> None:
+    async def _finish(self, flow: http.HTTPFlow, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except Exception as e:
+            self._failed(flow, e)
+
+    @staticmethod
+    def _failed(flow: http.HTTPFlow, e: Exception) -> None:
+        log.error("codex-pool: local endpoint %s failed: %s", flow.request.path, describe_error(e))
+        answer_error(flow, 500, "internal_error", "proxy_internal_error",
+                     f"codex-pool failed while answering {paths.bare(flow.request.path)} ({type(e).__name__}); see the proxy log")
+
+    def answer(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Answer a local path; returns what is still to be awaited for the slow endpoints."""
         path, method = paths.bare(flow.request.path), flow.request.method.upper()
         given_auth = flow.request.headers.get("authorization", "")
         for name in ("authorization", "cookie"):  # keep client and admin secrets out of stored flows
@@ -78,9 +92,7 @@ class LocalEndpoints:
                 return answer_error(flow, 403, "forbidden", "admin_forbidden", refused)
         if action is not None:
             return self._steer(flow, action[0], action[1])
-        result = endpoint.handler(self, flow)
-        if result is not None:
-            await result
+        return endpoint.handler(self, flow)
 
     # ---- handlers --------------------------------------------------------------------------
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import traceback
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import http
 
 from codex_pool.core.bodies import error_body
 from codex_pool.core.redact import is_client_credential, redact
+
+log = logging.getLogger("codex_pool")
 
 META = "codex_pool"  # flow.metadata key: a JSON-friendly copy of the flow's Exchange, for saved flows
 
@@ -29,17 +35,71 @@ def is_upgrade(flow: http.HTTPFlow) -> bool:
     return flow.request.headers.get("upgrade", "").lower() == "websocket"
 
 
-def drop_client_credentials(headers: http.Headers) -> None:
-    for name in {n for n in headers.keys() if is_client_credential(n)}:
-        del headers[name]
+def drop_client_credentials(headers: http.Headers, add: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Remove every header a client may carry its identity in, then append `add`: one pass over the
+    raw fields and at most one rebuild (mitmproxy's per-name delete rescans every field)."""
+    fields = headers.fields
+    kept = tuple(f for f in fields if f[0][:1].lower() not in _CREDENTIAL_INITIALS or not is_client_credential(f[0]))
+    if add or len(kept) != len(fields):
+        headers.fields = kept + add
+
+
+_CREDENTIAL_INITIALS = {b"a", b"c", b"p", b" ", b"\t"}  # first bytes of the credential names (cheap pre-check)
+
+
+def lower_headers(headers: http.Headers) -> dict[str, str]:
+    """Every header by lower-case name (the first of repeated ones), from one pass over the raw fields."""
+    out: dict[str, str] = {}
+    for name, value in headers.fields:
+        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+def codex_headers(headers: http.Headers) -> dict[str, str]:
+    """The `x-codex-*` headers by lower-case name, from one pass over the raw fields (most answers
+    carry none, and a per-name lookup scans every field)."""
+    out = {}
+    for name, value in headers.fields:
+        if name[:8].lower() == b"x-codex-":
+            out[name.decode("latin-1").lower()] = value.decode("latin-1")
+    return out
 
 
 def redact_pool_token(flow: http.HTTPFlow, account: str) -> None:
     """The request has been sent: keep the pool's token out of the stored flow."""
-    if "Authorization" in flow.request.headers:
-        flow.request.headers["Authorization"] = f"Bearer [redacted: pool account {account}]"
+    headers = flow.request.headers
+    fields = headers.fields
+    for i, (name, _) in enumerate(fields):
+        if name.lower() == b"authorization":
+            headers.fields = fields[:i] + ((name, f"Bearer [redacted: pool account {account}]".encode()),) + fields[i + 1:]
+            return
 
 
 def describe_error(e: BaseException) -> str:
     """An exception with its traceback, scrubbed of anything that looks like a token."""
     return redact("".join(traceback.format_exception(e)).rstrip())
+
+
+class Deferrals:
+    """Finishing a hook's work asynchronously without making the hook itself async (an async hook
+    costs every flow a coroutine): the flow is held with mitmproxy's `intercept()` — mitmproxy waits
+    for `resume()` before it goes on with the flow — while the work runs as a task."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def hold(self, flow: http.HTTPFlow, work: Coroutine[Any, Any, None], what: str) -> None:
+        flow.intercept()
+        task = asyncio.get_running_loop().create_task(self._run(flow, work, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _run(flow: http.HTTPFlow, work: Coroutine[Any, Any, None], what: str) -> None:
+        try:
+            await work
+        except Exception as e:  # the work catches its own errors; this is the last guard
+            log.error("codex-pool: %s failed on %s: %s", what, flow.request.path, describe_error(e))
+        finally:
+            if flow.intercepted:
+                flow.resume()

@@ -14,7 +14,7 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
 from codex_pool.core.router import NoRoute
-from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials
+from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials, lower_headers
 
 log = logging.getLogger("codex_pool")
 
@@ -23,7 +23,7 @@ class Routing:
     def __init__(self, pool: Pool):
         self.pool = pool
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None or paths.is_local(flow.request.path):
             return
         try:
@@ -39,7 +39,7 @@ class Routing:
     def _route(self, flow: http.HTTPFlow) -> None:
         pool, request = self.pool, flow.request
         now = pool.now()
-        headers = {k.lower(): v for k, v in request.headers.items()}  # one pass over the headers
+        headers = lower_headers(request.headers)
         marker = request.query.get(failover.MARKER) if failover.MARKER in request.path else None
         if marker is not None:
             del request.query[failover.MARKER]  # ours; upstream never sees it
@@ -52,9 +52,10 @@ class Routing:
             log.warning("codex-pool: %s %s answered %d: %s", request.method, request.path, route.status, route.message)
             return
         account = route.account
-        drop_client_credentials(request.headers)
-        request.headers["Authorization"] = f"Bearer {account.access_token}"
-        request.headers["ChatGPT-Account-ID"] = account.account_id
+        drop_client_credentials(request.headers, add=(
+            (b"Authorization", f"Bearer {account.access_token}".encode()),
+            (b"ChatGPT-Account-ID", account.account_id.encode()),
+        ))
         exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, request.path, headers),
                                       fingerprint(account.access_token))
         flow.comment = comment(exchange)

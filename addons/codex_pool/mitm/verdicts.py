@@ -14,7 +14,7 @@ from codex_pool.core.outcome import classify_http, classify_transport_error, str
 from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, answer_error, describe_error, is_upgrade, redact_pool_token
+from codex_pool.mitm.flows import META, Deferrals, answer_error, codex_headers, describe_error, is_upgrade, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -25,6 +25,7 @@ class Verdicts:
     def __init__(self, pool: Pool, tokens: TokenService):
         self.pool = pool
         self.tokens = tokens
+        self.deferrals = Deferrals()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -33,7 +34,7 @@ class Verdicts:
         try:
             redact_pool_token(flow, exchange.account)
             response = flow.response
-            limits = quota.from_headers(response.headers, self.pool.now())
+            limits = quota.from_headers(codex_headers(response.headers), self.pool.now())
             if limits is not None:
                 self.pool.registry.record_rate_limits(exchange.account, limits)
             if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
@@ -43,7 +44,7 @@ class Verdicts:
         except Exception as e:
             log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe_error(e))
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
         if exchange is None or flow.response is None or exchange.judged:
             return
@@ -65,14 +66,27 @@ class Verdicts:
                 body = response.get_content(strict=False) if response.status_code >= 400 else None
                 verdict = classify_http(response.status_code, response.headers, body, now,
                                         self.pool.latest_limits(exchange.account))
-            verdict = await self.tokens.recover_unauthorized(exchange, verdict)
-            upstream_status = response.status_code
-            settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status)
-            self._deliver(flow, exchange, settlement, upstream_status)
-            if flow.websocket is None:
-                self._close(flow, exchange, tap.observer if tap is not None else None)
+            if self.tokens.may_recover(verdict):  # a 401: refresh first (held until it is done)
+                self.deferrals.hold(flow, self._recover_then_settle(flow, exchange, verdict, tap, now), "401 recovery")
+                return
+            self._settle(flow, exchange, verdict, tap, now)
         except Exception as e:
             log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
+
+    async def _recover_then_settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict, tap: SSETap | None,
+                                   now: float) -> None:
+        try:
+            verdict = await self.tokens.recover_unauthorized(exchange, verdict)
+            self._settle(flow, exchange, verdict, tap, now)
+        except Exception as e:
+            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
+
+    def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict, tap: SSETap | None, now: float) -> None:
+        upstream_status = flow.response.status_code
+        settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status)
+        self._deliver(flow, exchange, settlement, upstream_status)
+        if flow.websocket is None:
+            self._close(flow, exchange, tap.observer if tap is not None else None)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -148,7 +162,7 @@ class Verdicts:
             or self.pool.now()
         start = request.timestamp_start
         model = observer.model if observer is not None else None
-        if model is None and exchange.kind != "models":
+        if model is None and exchange.kind != "models" and request.raw_content:
             model = ledger.model_from_body(request.get_content(strict=False))
         self.pool.account_for(ledger.build_record(
             ts=start, account=exchange.account, kind=exchange.kind, path=request.path, status=exchange.status,

@@ -16,7 +16,7 @@ from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
 from codex_pool.core.outcome import classify_ws_error, stream_verdict
 from codex_pool.core.pool import Pool
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, describe_error
+from codex_pool.mitm.flows import META, Deferrals, describe_error
 from codex_pool.mitm.verdicts import absorb_rate_limits
 from codex_pool.upstream.tokens import TokenService
 
@@ -31,8 +31,9 @@ class WebSocketTurns:
     def __init__(self, pool: Pool, tokens: TokenService):
         self.pool = pool
         self.tokens = tokens
+        self.deferrals = Deferrals()
 
-    async def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
         if exchange is None or flow.websocket is None:
             return
@@ -53,14 +54,19 @@ class WebSocketTurns:
                 turn.first_at = self.pool.now()
             seen_limits = len(observer.rate_limits)
             observer.observe_json(message.content)
-            if observer.error is not None and not turn.judged:
-                await self._judge_error_frame(flow, exchange, turn, message)
-            if observer.terminal:
-                self._end_turn(flow, exchange, turn, cut=None)
-            elif len(observer.rate_limits) != seen_limits:
-                absorb_rate_limits(self.pool, exchange.account, observer)
+            if observer.error is not None and not turn.judged:  # held until judged (it may need a refresh)
+                self.deferrals.hold(flow, self._judge_error_frame(flow, exchange, turn, message), "error frame")
+                return
+            self._after_frame(flow, exchange, turn, seen_limits)
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
+
+    def _after_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, seen_limits: int) -> None:
+        observer = turn.observer
+        if observer.terminal:
+            self._end_turn(flow, exchange, turn, cut=None)
+        elif len(observer.rate_limits) != seen_limits:
+            absorb_rate_limits(self.pool, exchange.account, observer)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -79,6 +85,13 @@ class WebSocketTurns:
             flow.metadata[META] = exchange.to_dict()
 
     async def _judge_error_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, message) -> None:
+        try:
+            await self._rewrite_error_frame(flow, exchange, turn, message)
+        except Exception as e:
+            log.error("codex-pool: judging an error frame failed on %s: %s", flow.request.path, describe_error(e))
+        self._after_frame(flow, exchange, turn, len(turn.observer.rate_limits))
+
+    async def _rewrite_error_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, message) -> None:
         now = self.pool.now()
         frame = turn.observer.error
         turn.judged = True

@@ -109,6 +109,10 @@ class TokenService:
             log.warning("codex-pool: refreshing %s failed (%s: %s); will retry", name, result.code, result.detail)
             pool.events.emit("account.refresh_failed", account=name, code=result.code, permanent=False)
 
+    def may_recover(self, verdict: Verdict) -> bool:
+        """Whether `recover_unauthorized` may change this verdict (a cheap check for the hot path)."""
+        return verdict.reason == "unauthorized" and self.keeper is not None
+
     async def recover_unauthorized(self, exchange: Exchange, verdict: Verdict) -> Verdict:
         """A 401 first tries a refresh (shared with any other in flight). With fresh tokens the
         request is served again on the same account ("retry": the account is not to blame); a 401

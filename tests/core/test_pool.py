@@ -1,0 +1,134 @@
+"""The Pool's one decision path for failed answers (HTTP and WebSocket alike), steering, and the
+per-flow exchange record."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codex_pool.core import failover
+from codex_pool.core.auth_file import parse_auth
+from codex_pool.core.config import parse_config
+from codex_pool.core.exchange import Exchange, outcome_label
+from codex_pool.core.outcome import OK, Verdict
+from codex_pool.core.pool import Pool
+from codex_pool.core.pool_scan import PoolScan
+from tests.support.tokens import make_auth
+
+NOW = 1_800_000_000.0
+LIMITED = Verdict("limited", "usage_limit_reached", until=NOW + 3600)
+REFRESHED = Verdict("retry", "token_refreshed")
+
+
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    def emit(self, event, **fields):
+        self.seen.append((event, fields))
+
+
+def make_pool(*names, max_attempts=3):
+    pool = Pool(clock=lambda: NOW)
+    pool.apply_config(parse_config({"max_attempts": max_attempts, "policy": "round_robin"}, Path("/base")))
+    exp = int(NOW) + 86400
+    accounts = {n: parse_auth(json.dumps(make_auth(f"acct-{n}", exp=exp)).encode(), Path(f"/pool/{n}.json")) for n in names}
+    pool.registry.apply_scan(PoolScan(accounts=accounts), NOW)
+    pool.events = Events()
+    return pool
+
+
+def serve(pool, flow_id, conversation=None, marker=None):
+    chain = pool.chains.find(marker, conversation, NOW)
+    route = pool.router.route(conversation, NOW, exclude=frozenset(chain.tried) if chain else frozenset())
+    return pool.open_exchange(flow_id, route, chain, "sse_turn", "fp")
+
+
+def test_a_failed_answer_goes_to_another_account_until_max_attempts_then_the_honest_answer():
+    pool = make_pool("a", "b", "c", max_attempts=2)
+    first = serve(pool, "f1")
+    assert first.chain is None and not pool.chains  # the normal path allocates nothing
+    s1 = pool.settle(first, LIMITED, NOW, answer_sent=False, status=429)
+    assert s1.action == failover.RETRY and s1.chain.tried == [first.account] and first.failover == "usage_limit_reached"
+    second = serve(pool, "f2", marker=s1.chain.marker())
+    assert second.account != first.account and second.attempt == 2 and second.tried == (first.account,)
+    s2 = pool.settle(second, LIMITED, NOW, answer_sent=False, status=429)
+    assert s2.action == failover.ANSWER  # max_attempts reached although "c" could serve
+    assert s2.no_route.status == 503 and "already failed" in s2.no_route.message
+    assert [e for e, _ in pool.events.seen].count("request.failover") == 1
+
+
+def test_every_account_limited_answers_429_with_the_earliest_reset():
+    pool = make_pool("a")
+    ex = serve(pool, "f1")
+    s = pool.settle(ex, LIMITED, NOW, answer_sent=False)
+    assert s.action == failover.ANSWER and s.no_route.status == 429
+    assert s.no_route.extra["resets_at"] == int(NOW + 3600)
+
+
+def test_a_streamed_answer_is_never_taken_back_but_still_counts_against_its_account():
+    pool = make_pool("a", "b")
+    ex = serve(pool, "f1")
+    assert pool.settle(ex, LIMITED, NOW, answer_sent=True).action == failover.PASS
+    assert pool.registry.health.peek(ex.account).state == "limited" and ex.outcome == "limited"
+
+
+def test_fresh_tokens_serve_again_on_the_same_account_without_using_up_an_attempt():
+    pool = make_pool("a", "b", max_attempts=2)
+    ex = serve(pool, "f1", conversation="conv")
+    s = pool.settle(ex, REFRESHED, NOW, answer_sent=False)
+    assert s.action == failover.RETRY and s.chain.tried == [] and ex.account in s.chain.refreshed
+    again = serve(pool, "f2", conversation="conv", marker=s.chain.marker())
+    assert again.account == ex.account  # sticky, and not excluded
+    assert pool.settle(again, LIMITED, NOW, answer_sent=False).action == failover.RETRY  # still one try left
+
+
+def test_a_websocket_reconnect_continues_its_conversation_chain_and_success_ends_it():
+    pool = make_pool("a", "b", "c", max_attempts=3)
+    ex = serve(pool, "ws1", conversation="conv")
+    s = pool.settle(ex, LIMITED, NOW, answer_sent=False, transport="websocket")
+    assert s.action == failover.RETRY
+    reconnect = serve(pool, "ws2", conversation="conv")  # no marker: found by conversation
+    assert reconnect.chain == s.chain.id and reconnect.account != ex.account and reconnect.attempt == 2
+    assert pool.settle(reconnect, OK, NOW, answer_sent=False).action == failover.PASS
+    assert pool.chains.find(None, "conv", NOW) is None and len(pool.chains) == 0
+
+
+def test_open_and_close_count_requests_in_flight_once():
+    pool = make_pool("a")
+    ex = serve(pool, "f1")
+    assert pool.registry.runtime["a"].in_flight == 1
+    assert pool.close_exchange("f1") is ex and pool.close_exchange("f1") is None
+    assert pool.registry.runtime["a"].in_flight == 0 and not ex.in_flight
+
+
+@pytest.mark.parametrize("name,action,ok", [("a", "pin", True), ("a", "disable", True), ("zz", "pin", False),
+                                            ("a", "explode", False)])
+def test_steer_answers_what_went_wrong(name, action, ok):
+    pool = make_pool("a", "b")
+    refused = pool.steer(name, action)
+    assert (refused is None) == ok
+    if ok:
+        assert ("admin." + action) in [e for e, _ in pool.events.seen]
+
+
+@pytest.mark.parametrize("failed_over,cancelled,reason,label", [
+    (True, True, "x", "failed_over"), (False, True, "x", "client_cancelled"), (False, False, "server_error", "server_error"),
+    (False, False, None, "ok"),
+])
+def test_one_outcome_label_for_exchanges_and_turns(failed_over, cancelled, reason, label):
+    assert outcome_label(failed_over=failed_over, cancelled=cancelled, reason=reason) == label
+
+
+def test_the_saved_copy_of_an_exchange_is_json_and_has_no_live_turn():
+    ex = Exchange(account="a", reason="sticky", conversation="c", pinned_to=None, kind="ws_turn", token="fp",
+                  tried=("b",), turn={"usage": {"total_tokens": 3}})
+    ex.ws_turn = object()
+    saved = json.loads(json.dumps(ex.to_dict()))
+    assert saved["tried"] == ["b"] and saved["turn"]["usage"]["total_tokens"] == 3 and "ws_turn" not in saved
+    assert "pinned_to" not in saved  # None values are left out
+
+
+def test_the_clock_is_the_pools():
+    pool = Pool(clock=lambda: 42.0)
+    assert pool.now() == 42.0 and pool.live_snapshot(pool.now()) == {"accounts": [], "sticky": 0}
