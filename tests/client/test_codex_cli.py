@@ -33,4 +33,4 @@ def test_codex_exec_resume_and_a_second_conversation(codex_world):
     assert t3["account"] != t1["account"]  # round_robin places it on the other account
 
     assert w.client_refreshes() == 0  # Codex never refreshed its own token
-    assert w.backend.state()["accounts"][t1["account"]]["cache_hits"] >= 1  # the resumed turn hit its account's cache
+    assert w.accounts.sent()[t1["account"]]["cache_hits"] >= 1  # the resumed turn hit its account's cache

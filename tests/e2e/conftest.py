@@ -1,6 +1,7 @@
 import pytest
 
 from tests.support.procs import FakeBackend, Proxy
+from tests.support.proxy_world import ProxyWorld
 
 
 @pytest.fixture
@@ -23,3 +24,19 @@ def start(tmp_path):
     yield _start
     for p in reversed(started):
         p.stop()
+
+
+@pytest.fixture
+def own_world(tmp_path):
+    """Factory fixture: own_world(settings, scripts=...) → a ProxyWorld for this test alone (for
+    settings the module's shared one does not have); stopped at the end."""
+    made = []
+
+    def make(settings="", scripts=None):
+        world = ProxyWorld(tmp_path / f"world{len(made)}", settings, scripts=scripts)
+        made.append(world)
+        return world
+
+    yield make
+    for world in made:
+        world.stop()

@@ -5,9 +5,8 @@ import json
 
 import pytest
 from mitmproxy import io
-from websockets.sync.client import connect
 
-from tests.e2e.test_proxy import CLIENT_TOKEN, completed_event, turn, turn_body
+from tests.support.flows import CLIENT_TOKEN, RESPONSES, completed_event, turn, ws_turns
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +21,7 @@ def pool_tokens(pool_dir):
     for p in pool_dir.glob("*.json"):
         t = json.loads(p.read_text())["tokens"]
         out += [t["access_token"], t["refresh_token"], t["id_token"]]
+    assert out, f"no pool files in {pool_dir}"
     return out
 
 
@@ -29,12 +29,14 @@ def test_sse_usage_rate_limits_and_ttfb_are_captured(start, tmp_path):
     flows_file = tmp_path / "flows.mitm"
     backend, proxy = start(["alice"], extra=["-w", str(flows_file)])
     r = turn(proxy, "cap-1")
+    assert r.status_code == 200, r.text
     sent_usage = completed_event(r.text)["response"]["usage"]
+    used_after_first = backend.state()["accounts"]["alice"]["primary_used_percent"]  # what the turn reported
     backend.fault(account="alice", kind="failed", code="rate_limit_exceeded", message="Rate limit reached. Try again in 5s.")
     failed = turn(proxy, "cap-1")
     assert failed.status_code == 200 and "response.failed" in failed.text
     proxy.stop()
-    flows = [f for f in read_flows(flows_file) if f.request.path.startswith("/backend-api/codex/responses")]
+    flows = [f for f in read_flows(flows_file) if f.request.path.startswith(RESPONSES)]
     assert len(flows) == 2
     meta = flows[0].metadata["codex_pool"]
     assert meta["account"] == "alice" and meta["status"] == 200
@@ -47,7 +49,7 @@ def test_sse_usage_rate_limits_and_ttfb_are_captured(start, tmp_path):
         "total_tokens": sent_usage["total_tokens"],
     }
     assert meta["turn"]["completed"] is True
-    assert meta["turn"]["rate_limits"]["rate_limits"]["primary"]["used_percent"] >= 0
+    assert meta["turn"]["rate_limits"]["rate_limits"]["primary"]["used_percent"] == used_after_first > 0
     assert 0 <= meta["ttfb_ms"] < 5000
     assert "alice" in flows[0].comment and str(sent_usage["total_tokens"]) in flows[0].comment
     failed_meta = flows[1].metadata["codex_pool"]
@@ -72,18 +74,10 @@ def test_rate_limit_headers_reach_the_admin_view(start):
 def test_websocket_turn_usage_is_captured_and_upgrade_carries_pool_credentials(start, tmp_path):
     flows_file = tmp_path / "flows.mitm"
     backend, proxy = start(["alice", "bob"], extra=["-w", str(flows_file)])
-    headers = {"authorization": f"Bearer {CLIENT_TOKEN}", "chatgpt-account-id": "client-account",
-               "session-id": "ws-conv", "openai-beta": "responses_websockets=2026-02-06"}
-    completed = []
-    with connect(f"ws://127.0.0.1:{proxy.port}/backend-api/codex/responses", additional_headers=headers,
-                 open_timeout=10) as ws:
-        for i in range(2):
-            ws.send(json.dumps({"type": "response.create", **turn_body("ws-conv", f"turn {i}")}))
-            while True:
-                event = json.loads(ws.recv(timeout=10))
-                if event.get("type") == "response.completed":
-                    completed.append(event["response"]["usage"])
-                    break
+    turns = ws_turns(proxy, "ws-conv", 2, headers={"chatgpt-account-id": "client-account",
+                                                   "openai-beta": "responses_websockets=2026-02-06"})
+    assert [t[-1]["type"] for t in turns] == ["response.completed"] * 2
+    completed = [t[-1]["response"]["usage"] for t in turns]
     proxy.stop()
     upgrades = [r for r in backend.requests() if r["kind"] == "ws-upgrade"]
     assert len(upgrades) == 1 and upgrades[0]["account"] in ("alice", "bob")

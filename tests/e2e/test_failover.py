@@ -1,6 +1,8 @@
 """Failover and account health end to end: a scenario table run through real mitmdump and the
 simulated backend. Each row: the pool's state and what upstream answers → what the client gets,
-which accounts upstream saw, and the resulting account states."""
+which accounts upstream saw, and the resulting account states.
+
+One mitmdump serves the module; each test gets accounts of its own (tests.support.proxy_world)."""
 
 import json
 import time
@@ -9,13 +11,14 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
-from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
+from tests.support.flows import CLIENT_TOKEN, RESPONSES, redirecting_client, turn_body, usage_by_account, ws_turns
+from tests.support.proxy_world import ProxyWorld, write_pool_file
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
-BASE = "pool_dir: pool\ndata_dir: data\npolicy: fill_first\n"
+BASE = "policy: fill_first\n"
 USAGE_MSG = "You've reached your usage limit."
 
 
@@ -82,34 +85,32 @@ ROWS = [
 ]
 
 
-def states(proxy):
-    return {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
-
-
-def model_turns(backend):
-    return [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    # repin_after_minutes is the default, written out for test_long_limit_moves_the_conversation
+    world = ProxyWorld(tmp_path_factory.mktemp("failover"), BASE + "repin_after_minutes: 10\n")
+    yield world
+    world.stop()
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.label for r in ROWS])
-def test_scenario(start, row):
-    backend, proxy = start(list(row.names), config=BASE + row.config)
+def test_scenario(shared, own_world, row):
+    w = (own_world(BASE + row.config) if row.config else shared).fresh(row.names)
     for f in row.faults:
-        backend.fault(**f)
-    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
+        w.fault(**f)
     headers = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": "conv-row", "accept": "text/event-stream"}
-    try:
-        r = client.post("/backend-api/codex/responses", json=turn_body("conv-row"), headers=headers)
-        status = r.status_code
-        text = r.text
-    except httpx.HTTPError as e:  # a cut stream may surface as a transport error
-        status, text = None, str(e)
-    finally:
-        client.close()
+    with redirecting_client(w.proxy) as client:
+        try:
+            r = client.post(RESPONSES, json=turn_body("conv-row"), headers=headers)
+            status = r.status_code
+            text = r.text
+        except httpx.HTTPError as e:  # a cut stream may surface as a transport error
+            status, text = None, str(e)
     if row.status is not None:
         assert status == row.status, text[:500]
     assert status != 401 and "redirect" not in text.lower()[:100]
-    assert model_turns(backend) == row.seen
-    got = states(proxy)
+    assert w.served() == row.seen
+    got = w.states()
     for name, state in row.states.items():
         assert got[name]["state"] == state, (name, got[name])
     if "cooling_at_least" in row.check:
@@ -129,139 +130,141 @@ def test_scenario(start, row):
             assert int(r.headers["retry-after"]) >= 1
 
 
-def test_client_disconnect_costs_the_account_nothing(start):
-    backend, proxy = start(["alice", "bob"], config=BASE)
-    backend.control("POST", "config", {"stream_delay": 0.3, "deltas": 10})
+def test_client_disconnect_costs_the_account_nothing(shared):
+    w = shared.fresh(["alice", "bob"])
+    w.backend.control("POST", "config", {"stream_delay": 0.3, "deltas": 10})
     h = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": "gone"}
-    with proxy.http.stream("POST", "/backend-api/codex/responses", json=turn_body("gone"), headers=h) as r:
+    with w.proxy.http.stream("POST", RESPONSES, json=turn_body("gone"), headers=h) as r:
+        assert r.status_code == 200
         next(r.iter_raw())  # first bytes, then hang up
-    time.sleep(1.0)
-    assert states(proxy)["alice"]["state"] == "usable"
+    # the proxy has handled the hang-up once the turn is in the ledger (written after any health change)
+    wait_for(lambda: usage_by_account(w.proxy).get(w["alice"], {}).get("cancelled") == 1, 10,
+             "the proxy to record alice's turn as cancelled by the client")
+    assert w.states()["alice"]["state"] == "usable"
 
 
-def test_stickiness_survives_a_brief_outage_and_returns(start):
-    backend, proxy = start(["alice", "bob"], config=BASE + "cooldown_base_seconds: 1\n")
-    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
+def test_stickiness_survives_a_brief_outage_and_returns(own_world):
+    w = own_world(BASE + "cooldown_base_seconds: 1\n").fresh(["alice", "bob"])
     h = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": "sticky-conv"}
-    assert client.post("/backend-api/codex/responses", json=turn_body("sticky-conv"), headers=h).status_code == 200
-    backend.fault(kind="status", account="alice", status=503)
-    assert client.post("/backend-api/codex/responses", json=turn_body("sticky-conv"), headers=h).status_code == 200
-    time.sleep(1.5)  # alice's 1 s cooldown ends
-    assert client.post("/backend-api/codex/responses", json=turn_body("sticky-conv"), headers=h).status_code == 200
-    assert model_turns(backend) == ["alice", "alice", "bob", "alice"]
-    state = backend.state()["accounts"]
-    assert state["alice"]["cache_hits"] >= 1  # came back to its warm cache
+    with redirecting_client(w.proxy) as client:
+        assert client.post(RESPONSES, json=turn_body("sticky-conv"), headers=h).status_code == 200
+        w.fault("status", "alice", status=503)
+        assert client.post(RESPONSES, json=turn_body("sticky-conv"), headers=h).status_code == 200
+        wait_for(lambda: w.states()["alice"]["usable"], 10, "alice's 1 s cooldown to end")
+        assert client.post(RESPONSES, json=turn_body("sticky-conv"), headers=h).status_code == 200
+    assert w.served() == ["alice", "alice", "bob", "alice"]
+    assert w.sent()["alice"]["cache_hits"] >= 1  # came back to its warm cache
 
 
-def test_long_limit_moves_the_conversation(start):
-    backend, proxy = start(["alice", "bob"], config=BASE + "repin_after_minutes: 10\n")
-    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
+def test_long_limit_moves_the_conversation(shared):
+    w = shared.fresh(["alice", "bob"])  # repin_after_minutes: 10, shorter than the 3 h limit
     h = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": "moving"}
-    client.post("/backend-api/codex/responses", json=turn_body("moving"), headers=h)
-    backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3 * 3600)
-    for _ in range(2):
-        assert client.post("/backend-api/codex/responses", json=turn_body("moving"), headers=h).status_code == 200
-    proxy.http.post("/admin/accounts/alice/enable")  # a usage limit is upstream's fact: enable keeps it
-    assert client.post("/backend-api/codex/responses", json=turn_body("moving"), headers=h).status_code == 200
-    assert model_turns(backend) == ["alice", "alice", "bob", "bob", "bob"]
+    with redirecting_client(w.proxy) as client:
+        assert client.post(RESPONSES, json=turn_body("moving"), headers=h).status_code == 200
+        w.fault("usage_limit", "alice", resets_in_seconds=3 * 3600)
+        for _ in range(2):
+            assert client.post(RESPONSES, json=turn_body("moving"), headers=h).status_code == 200
+        r = w.proxy.http.post(f"/admin/accounts/{w['alice']}/enable")  # a usage limit is upstream's fact: enable keeps it
+        assert r.status_code == 200 and w.states()["alice"]["state"] == "limited"
+        assert client.post(RESPONSES, json=turn_body("moving"), headers=h).status_code == 200
+    assert w.served() == ["alice", "alice", "bob", "bob", "bob"]
 
 
-def test_admin_pin_disable_enable(start):
-    backend, proxy = start(["alice", "bob"], config=BASE)
-    r = proxy.http.post("/admin/accounts/bob/pin")
-    assert r.status_code == 200 and r.json()["pinned"] == "bob"
-    h = {"authorization": f"Bearer {CLIENT_TOKEN}"}
-    proxy.http.post("/backend-api/codex/responses", json=turn_body(None), headers=h)
-    proxy.http.post("/admin/accounts/bob/disable")
-    assert states(proxy)["bob"]["state"] == "disabled" and "enable" in states(proxy)["bob"]["reason"]
-    proxy.http.post("/backend-api/codex/responses", json=turn_body(None), headers=h)
-    proxy.http.post("/admin/accounts/bob/enable")
-    proxy.http.post("/backend-api/codex/responses", json=turn_body(None), headers=h)
-    proxy.http.post("/admin/accounts/bob/unpin")
-    proxy.http.post("/backend-api/codex/responses", json=turn_body(None), headers=h)
-    assert model_turns(backend) == ["bob", "alice", "bob", "alice"]
+def test_admin_pin_disable_enable(shared):
+    w = shared.fresh(["alice", "bob"])
+    proxy = w.proxy
+
+    def steer(action):
+        r = proxy.http.post(f"/admin/accounts/{w['bob']}/{action}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def new_request():
+        r = proxy.http.post(RESPONSES, json=turn_body(None), headers={"authorization": f"Bearer {CLIENT_TOKEN}"})
+        assert r.status_code == 200, r.text
+
+    assert steer("pin")["pinned"] == w["bob"]
+    new_request()
+    steer("disable")
+    assert w.states()["bob"]["state"] == "disabled" and "enable" in w.states()["bob"]["reason"]
+    new_request()
+    steer("enable")
+    new_request()
+    assert steer("unpin")["pinned"] is None
+    new_request()
+    assert w.served() == ["bob", "alice", "bob", "alice"]
     assert proxy.http.post("/admin/accounts/nobody/pin").status_code == 404
-    assert proxy.http.get("/admin/accounts/bob/pin").status_code == 405
+    assert proxy.http.get(f"/admin/accounts/{w['bob']}/pin").status_code == 405
 
 
-def test_replacing_the_file_brings_a_disabled_account_back(start, tmp_path):
-    backend, proxy = start(["alice"], config=BASE)
-    backend.fault(kind="unauthorized", account="alice", count=2)  # the refreshed tokens are refused too
-    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
-    r = client.post("/backend-api/codex/responses", json=turn_body("x"), headers={"session-id": "x"})
-    assert r.status_code == 503 and states(proxy)["alice"]["state"] == "disabled"
-    fresh = backend.control("POST", "accounts/alice/login")
-    (tmp_path / "pool" / "alice.json").write_text(json.dumps(fresh.get("auth", fresh)))
-    proxy.http.post("/admin/reload")
-    assert states(proxy)["alice"]["state"] == "usable"
-    assert proxy.http.post("/backend-api/codex/responses", json=turn_body("x"), headers={"session-id": "x"}).status_code == 200
+def test_replacing_the_file_brings_a_disabled_account_back(shared):
+    w = shared.fresh(["alice"])
+    w.fault("unauthorized", "alice", count=2)  # the refreshed tokens are refused too
+    with redirecting_client(w.proxy) as client:
+        r = client.post(RESPONSES, json=turn_body("x"), headers={"session-id": "x"})
+    assert r.status_code == 503 and w.states()["alice"]["state"] == "disabled"
+    fresh = w.backend.control("POST", f"accounts/{w['alice']}/login")
+    write_pool_file(w.pool_dir, w["alice"], fresh.get("auth", fresh))
+    w.reload()
+    assert w.states()["alice"]["state"] == "usable"
+    assert w.proxy.http.post(RESPONSES, json=turn_body("x"), headers={"session-id": "x"}).status_code == 200
 
 
 WS_LIMIT = {"type": "usage_limit_reached", "message": USAGE_MSG, "resets_in_seconds": 3600}
 
 
-def test_websocket_usage_limit_frame_becomes_retryable_when_another_account_can_serve(start):
-    backend, proxy = start(["alice", "bob"], config=BASE)
-    backend.fault(kind="ws_error", account="alice", status=429, error=WS_LIMIT)
-    frames = ws_turn(proxy, "ws-limit")
-    [err] = [f for f in frames if f.get("type") == "error"]
+def ws_turn(w, key):
+    [frames] = ws_turns(w.proxy, key)
+    return frames
+
+
+def test_websocket_usage_limit_frame_becomes_retryable_when_another_account_can_serve(shared):
+    w = shared.fresh(["alice", "bob"])
+    w.fault("ws_error", "alice", status=429, error=WS_LIMIT)
+    [err] = [f for f in ws_turn(w, "ws-limit") if f.get("type") == "error"]
     assert err["status"] == 503 and err["error"]["code"] == "account_switch"
-    assert states(proxy)["alice"]["state"] == "limited"
+    assert w.states()["alice"]["state"] == "limited"
     # Codex opens a new socket; it lands on bob (stand-in or repin) and completes
-    frames = ws_turn(proxy, "ws-limit")
-    assert frames[-1]["type"] == "response.completed"
-    assert [r["account"] for r in backend.requests() if r["kind"] == "ws-upgrade"] == ["alice", "bob"]
+    assert ws_turn(w, "ws-limit")[-1]["type"] == "response.completed"
+    assert [w.short(r["account"]) for r in w.backend.requests() if r["kind"] == "ws-upgrade"] == ["alice", "bob"]
 
 
-def test_websocket_usage_limit_with_nobody_else_is_the_pools_honest_429(start):
-    backend, proxy = start(["alice"], config=BASE)
-    backend.fault(kind="ws_error", account="alice", status=429, error=WS_LIMIT)
-    [err] = [f for f in ws_turn(proxy, "ws-only") if f.get("type") == "error"]
+def test_websocket_usage_limit_with_nobody_else_is_the_pools_honest_429(shared):
+    w = shared.fresh(["alice"])
+    w.fault("ws_error", "alice", status=429, error=WS_LIMIT)
+    [err] = [f for f in ws_turn(w, "ws-only") if f.get("type") == "error"]
     assert err["status"] == 429 and err["error"]["type"] == "usage_limit_reached"
     assert abs(err["error"]["resets_at"] - (time.time() + 3600)) < 15
 
 
-def test_websocket_401_frame_never_reaches_the_client(start):
-    backend, proxy = start(["alice"], config=BASE)
-    backend.fault(kind="ws_error", account="alice", status=401)
-    [err] = [f for f in ws_turn(proxy, "ws-401") if f.get("type") == "error"]
+def test_websocket_401_frame_never_reaches_the_client(shared):
+    w = shared.fresh(["alice"])
+    w.fault("ws_error", "alice", status=401)
+    [err] = [f for f in ws_turn(w, "ws-401") if f.get("type") == "error"]
     assert err["status"] == 503 and err["error"]["code"] == "account_switch"  # retryable: tokens were refreshed
-    assert states(proxy)["alice"]["state"] == "usable"
-    assert ws_turn(proxy, "ws-401")[-1]["type"] == "response.completed"  # the new socket works
-    backend.fault(kind="ws_error", account="alice", status=401, count=-1)
+    assert w.states()["alice"]["state"] == "usable"
+    assert ws_turn(w, "ws-401")[-1]["type"] == "response.completed"  # the new socket works
+    w.fault("ws_error", "alice", status=401, count=-1)
     # fresh tokens rejected too, within a minute: a real auth problem
-    [err] = [f for f in ws_turn(proxy, "ws-401") if f.get("type") == "error"]
+    [err] = [f for f in ws_turn(w, "ws-401") if f.get("type") == "error"]
     assert err["status"] == 503 and err["error"]["type"] == "no_accounts"
-    assert states(proxy)["alice"]["state"] == "disabled"
-    assert backend.state()["accounts"]["alice"]["refresh_count"] == 1
+    assert w.states()["alice"]["state"] == "disabled"
+    assert w.sent()["alice"]["refresh_count"] == 1
 
 
-def test_event_log_records_the_story_without_secrets(start, tmp_path):
-    backend, proxy = start(["alice", "bob"], config=BASE)
-    backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3600)
-    client = httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=20, trust_env=False)
-    client.post("/backend-api/codex/responses", json=turn_body("ev"), headers={"session-id": "ev"})
-    proxy.stop()  # flushes the log
-    text = (tmp_path / "data" / "events.jsonl").read_text()
+def test_event_log_records_the_story_without_secrets(own_world):
+    world = own_world(BASE)  # stopped below to flush its event log
+    w = world.fresh(["alice", "bob"])
+    w.fault("usage_limit", "alice", resets_in_seconds=3600)
+    with redirecting_client(w.proxy) as client:
+        assert client.post(RESPONSES, json=turn_body("ev"), headers={"session-id": "ev"}).status_code == 200
+    w.proxy.stop()  # flushes the log
+    text = (world.data_dir / "events.jsonl").read_text()
     events = [json.loads(line) for line in text.splitlines()]
     names = [e["event"] for e in events]
     assert names.count("request.account_selected") == 2
     assert "request.failover" in names and "account.limited" in names
     limited = next(e for e in events if e["event"] == "account.limited")
-    assert limited["account"] == "alice" and limited["until"].endswith("Z")
-    for p in (tmp_path / "pool").glob("*.json"):
-        for tok in json.loads(p.read_text())["tokens"].values():
-            assert tok not in text
-
-
-def ws_turn(proxy, key):
-    headers = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key}
-    frames = []
-    with connect(f"ws://127.0.0.1:{proxy.port}/backend-api/codex/responses", additional_headers=headers,
-                 open_timeout=10) as ws:
-        ws.send(json.dumps({"type": "response.create", **turn_body(key)}))
-        while True:
-            frame = json.loads(ws.recv(timeout=10))
-            frames.append(frame)
-            if frame.get("type") in ("response.completed", "error", "response.failed"):
-                return frames
+    assert limited["account"] == w["alice"] and limited["until"].endswith("Z")
+    tokens = [tok for p in w.pool_dir.glob("*.json") for tok in json.loads(p.read_text())["tokens"].values()]
+    assert tokens and not [tok for tok in tokens if tok in text]

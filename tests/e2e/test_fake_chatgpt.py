@@ -33,6 +33,7 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 
 from fake_chatgpt import FakeChatGPT, decode_unverified
+from tests.support.wait import wait_for_async
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "scripts" / "fake-chatgpt"
@@ -688,8 +689,11 @@ async def test_websocket_turns(fake, client):
     finally:
         await ws.close()
 
-    await asyncio.sleep(0.05)
-    log = (await client.get("/_fake/requests", params={"path": RESPONSES})).json()["requests"]
+    async def logged_with_close():
+        entries = (await client.get("/_fake/requests", params={"path": RESPONSES})).json()["requests"]
+        return entries if entries and entries[-1]["kind"] == "ws-close" else None
+
+    log = await wait_for_async(logged_with_close, 5, "the server to log the closed socket")
     kinds = [e["kind"] for e in log]
     assert kinds[0] == "ws-upgrade" and kinds.count("ws-msg") == 6 and kinds[-1] == "ws-close"
     upgrade = log[0]

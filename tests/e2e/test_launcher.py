@@ -2,24 +2,17 @@
 
 import re
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from codex_pool.core.config import parse_config
 from codex_pool.cli.launcher import mitm_command
-from tests.support.procs import ROOT, Proc
+from tests.support.procs import ROOT, Proc, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mitm_command_from_config(tmp_path):
@@ -62,13 +55,13 @@ def test_demo_shows_stickiness_and_spreading_then_stops_cleanly(tmp_path):
         home = tmp_path / "data" / "demo" / "codex-home"
         assert f'base_url = "http://127.0.0.1:{port}/backend-api/codex"' in (home / "config.toml").read_text()
         assert oct((home / "auth.json").stat().st_mode & 0o777) == "0o600"
-        for f in (tmp_path / "data" / "demo" / "pool").glob("*.json"):
+        pool_files = sorted((tmp_path / "data" / "demo" / "pool").glob("*.json"))
+        assert [f.stem for f in pool_files] == ["alice", "bob", "carol"]
+        for f in pool_files:
             assert oct(f.stat().st_mode & 0o777) == "0o600"
     finally:
         children = subprocess.run(["pgrep", "-P", str(demo.proc.pid)], capture_output=True, text=True).stdout.split()
         demo.proc.send_signal(signal.SIGTERM)
         demo.proc.wait(20)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
-        time.sleep(0.2)
-    assert children and not [c for c in children if Path(f"/proc/{c}").exists()], "demo left processes behind"
+    assert children, "the demo started no processes"
+    wait_for(lambda: not [c for c in children if Path(f"/proc/{c}").exists()], 10, "the demo's processes to exit")

@@ -4,15 +4,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-import httpx
 import pytest
-from websockets.sync.client import connect
 
 from codex_pool.storage.ledger_store import LedgerStore
-from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
+from tests.support.flows import CLIENT_TOKEN, RESPONSES, redirecting_client as client, turn_body, usage_by_account, ws_turns
 from tests.support.procs import ROOT, FakeBackend, Proxy
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,24 +37,10 @@ def world(tmp_path):
     backend.stop()
 
 
-def client(proxy):
-    return httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=30, trust_env=False)
-
-
 def sse_turn(c, key):
-    r = c.post("/backend-api/codex/responses", json=turn_body(key), headers={"authorization": f"Bearer {CLIENT_TOKEN}",
-                                                                            "session-id": key})
+    r = c.post(RESPONSES, json=turn_body(key), headers={"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key})
     assert r.status_code == 200, r.text
     return r
-
-
-def ws_turns(proxy, key, n):
-    with connect(f"ws://127.0.0.1:{proxy.port}/backend-api/codex/responses",
-                 additional_headers={"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key}, open_timeout=10) as ws:
-        for i in range(n):
-            ws.send(json.dumps({"type": "response.create", **turn_body(key, f"ws turn {i}")}))
-            while json.loads(ws.recv(timeout=10)).get("type") != "response.completed":
-                pass
 
 
 def ledger_records(data_dir):
@@ -71,12 +55,13 @@ def test_ledger_totals_equal_what_the_backend_sent(world):
             sse_turn(c, f"conv-{key}")
         backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3600)
         sse_turn(c, "conv-a")  # alice is limited: fails over
-    ws_turns(proxy, "ws-conv", 2)
+    assert [t[-1]["type"] for t in ws_turns(proxy, "ws-conv", 2)] == ["response.completed"] * 2
     backend.control("POST", "config", {"stream_delay": 0.3, "deltas": 10})
-    with proxy.http.stream("POST", "/backend-api/codex/responses", json=turn_body("gone"),
-                           headers={"session-id": "gone"}) as r:
+    with proxy.http.stream("POST", RESPONSES, json=turn_body("gone"), headers={"session-id": "gone"}) as r:
+        assert r.status_code == 200
         next(r.iter_raw())  # the client hangs up mid-stream
-    time.sleep(1.5)
+    wait_for(lambda: sum(row["cancelled"] for row in usage_by_account(proxy).values()) == 1, 10,
+             "the proxy to record the turn the client hung up on")
     backend.control("POST", "config", {"stream_delay": 0.0, "deltas": 3})
     live = proxy.http.get("/admin/usage", params={"group": "account"}).json()
     proxy.stop()
@@ -129,7 +114,7 @@ def test_restart_keeps_stickiness_cooldowns_and_pins(world):
         sse_turn(c, "c1")
         sse_turn(c, "c2")
         sse_turn(c, "c-new")
-    served = [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
+    served = [r["account"] for r in backend.requests() if r["path"].startswith(RESPONSES)]
     assert served[:3] == ["alice", "alice", "carol"]  # pin, then each conversation on its own account
     assert served[3] != "bob"  # a new conversation never lands on the limited account
 
@@ -140,10 +125,7 @@ def test_kill_minus_nine_keeps_everything_flushed_before(world):
     with client(proxy) as c:
         for i in range(12):
             sse_turn(c, f"k{i}")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and len(ledger_records(data)) < 12:
-        time.sleep(0.2)
-    assert len(ledger_records(data)) == 12
+    wait_for(lambda: len(ledger_records(data)) == 12, 10, "the 12 turns to be flushed to the ledger")
     os.killpg(proxy.proc.pid, signal.SIGKILL)
     proxy.proc.wait(10)
     assert len(ledger_records(data)) == 12  # readable, complete
@@ -181,12 +163,12 @@ def test_admin_usage_matches_the_report_script(world, tmp_path):
     with client(proxy) as c:
         for key in ("a", "b", "a"):
             sse_turn(c, key)
-    time.sleep(1.2)  # flushed
+    wait_for(lambda: len(ledger_records(data)) == 3, 10, "the 3 turns to be flushed to the ledger")  # what the script reads
     api = proxy.http.get("/admin/usage", params={"group": "account,model"}).json()
     assert proxy.http.get("/admin/usage", params={"since": "yesterday-ish"}).status_code == 400
     script = subprocess.run([str(ROOT / "scripts" / "usage-report"), "--config", str(proxy.config_path),
                              "--group", "account,model", "--json"], capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr
     cli = json.loads(script.stdout)
-    assert api["rows"] == cli["rows"] and api["totals"] == cli["totals"]
+    assert api["rows"] and api["rows"] == cli["rows"] and api["totals"] == cli["totals"]
     assert all(row["cost_usd"] is not None and row["cost_usd"] > 0 for row in api["rows"])

@@ -1,12 +1,13 @@
 """Observability end to end: /metrics against a scripted run, promtool, a real Prometheus scrape,
-stored flows without tokens, the content view, scripts/status, mitmweb's loopback guard."""
+stored flows without tokens, the content view, scripts/status, mitmweb's loopback guard.
+
+The tests only read what the scripted run left, so it runs twice per module, not once per test:
+`scripted` keeps its proxy running, `recorded` stops it so that its flows file is complete."""
 
 import json
 import re
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from codex_pool.core import stream_view
 from codex_pool.mitm.contentview import codex_stream
-from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
-from tests.support.procs import BIN, ROOT, FakeBackend, Proc, Proxy
+from tests.support.flows import CLIENT_TOKEN, RESPONSES, redirecting_client, turn_body
+from tests.support.procs import BIN, ROOT, FakeBackend, Proc, Proxy, free_port
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,28 +37,48 @@ def value(metrics, name, **labels):
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-def scripted(tmp_path):
-    """A run with turns on two accounts, a failover and a refresh; flows written with -w."""
-    pool = tmp_path / "pool"
+def scripted_run(root):
+    """A run with turns on two accounts, a failover and a refresh; flows written with -w.
+    (backend, proxy, root, flows file); the caller stops both."""
+    pool = root / "pool"
     pool.mkdir()
     backend = FakeBackend(["alice", "bob"], pool)
-    flows = tmp_path / "flows.mitm"
+    flows = root / "flows.mitm"
     originals = {p.name: json.loads(p.read_text())["tokens"] for p in pool.glob("*.json")}
-    (tmp_path / "original-tokens.json").write_text(json.dumps(originals))  # before the refresh rotates them
-    proxy = Proxy(backend.url, tmp_path / "proxy",
-                  f"pool_dir: {pool}\ndata_dir: data\npolicy: fill_first\ntoken_url: {backend.url}/oauth/token\n"
-                  "usage_poll_seconds: 0\n", extra=["-w", str(flows)])
-    with httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=30, trust_env=False) as c:
+    (root / "original-tokens.json").write_text(json.dumps(originals))  # before the refresh rotates them
+    try:
+        proxy = Proxy(backend.url, root / "proxy",
+                      f"pool_dir: {pool}\ndata_dir: data\npolicy: fill_first\ntoken_url: {backend.url}/oauth/token\n"
+                      "usage_poll_seconds: 0\n", extra=["-w", str(flows)])
+    except BaseException:
+        backend.stop()
+        raise
+    with redirecting_client(proxy) as c:
         h = {"authorization": f"Bearer {CLIENT_TOKEN}"}
         for key in ("one", "two", "one"):
-            assert c.post("/backend-api/codex/responses", json=turn_body(key), headers={**h, "session-id": key}).status_code == 200
+            assert c.post(RESPONSES, json=turn_body(key), headers={**h, "session-id": key}).status_code == 200
         backend.fault(kind="unauthorized", account="alice")  # refresh, then served on alice again
-        assert c.post("/backend-api/codex/responses", json=turn_body("one"), headers={**h, "session-id": "one"}).status_code == 200
+        assert c.post(RESPONSES, json=turn_body("one"), headers={**h, "session-id": "one"}).status_code == 200
         backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3600)  # fails over to bob
-        assert c.post("/backend-api/codex/responses", json=turn_body("two"), headers={**h, "session-id": "two"}).status_code == 200
-    yield backend, proxy, tmp_path, flows
+        assert c.post(RESPONSES, json=turn_body("two"), headers={**h, "session-id": "two"}).status_code == 200
+    return backend, proxy, root, flows
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    """The scripted run with its proxy still running (tests only read from it)."""
+    backend, proxy, root, flows = scripted_run(tmp_path_factory.mktemp("scripted"))
+    yield backend, proxy, root, flows
     proxy.stop()
+    backend.stop()
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Another scripted run whose proxy has been stopped, so its flows file is complete."""
+    backend, proxy, root, flows = scripted_run(tmp_path_factory.mktemp("recorded"))
+    proxy.stop()
+    yield backend, root, flows
     backend.stop()
 
 
@@ -86,9 +108,10 @@ def test_metrics_match_the_scripted_run(scripted):
     for line in r.text.splitlines():  # every metric documented; no conversation ids or tokens in labels
         if line.startswith("# TYPE"):
             assert f"# HELP {line.split()[2]} " in r.text
-    for p in (tmp_path / "pool").glob("*.json"):
-        for token in json.loads(p.read_text())["tokens"].values():
-            assert token not in r.text
+    label_values = {v for _, labels in m for _, v in labels}
+    assert label_values and not label_values & {"one", "two"}  # the scripted run's conversation keys
+    tokens = [t for p in (tmp_path / "pool").glob("*.json") for t in json.loads(p.read_text())["tokens"].values()]
+    assert tokens and not [t for t in tokens if t in r.text]
 
 
 def test_promtool_accepts_the_metrics(scripted):
@@ -100,12 +123,6 @@ def test_promtool_accepts_the_metrics(scripted):
     done = subprocess.run([str(promtool), "check", "metrics"], input=proxy.http.get("/metrics").text,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), done.stdout + done.stderr
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_real_prometheus_scrapes_it(scripted):
@@ -123,19 +140,17 @@ def test_a_real_prometheus_scrapes_it(scripted):
         f"    static_configs:\n      - targets: ['127.0.0.1:{proxy.port}']\n"
     )
     prom = Proc([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}"], ready=__import__("re").compile(r"Server is ready"), timeout=60)
+                 f"--web.listen-address=127.0.0.1:{port}"], ready=re.compile(r"Server is ready"), timeout=60)
     try:
-        expected = sum(1 for t in backend.requests() if t["path"].startswith("/backend-api/codex/responses"))
-        deadline = time.monotonic() + 30
-        got = None
+        expected = sum(1 for t in backend.requests() if t["path"].startswith(RESPONSES))
         with httpx.Client(trust_env=False, timeout=10) as c:
-            while time.monotonic() < deadline:
+
+            def scraped():
                 r = c.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "sum(codex_pool_requests_total)"})
-                result = r.json()["data"]["result"]
-                if result:
-                    got = float(result[0]["value"][1])
-                    break
-                time.sleep(0.5)
+                return r.json()["data"]["result"]
+
+            result = wait_for(scraped, 30, "Prometheus to scrape codex_pool_requests_total", interval=0.2)
+            got = float(result[0]["value"][1])
             up = c.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up{job='codex-pool'}"}).json()
     finally:
         prom.stop()
@@ -143,9 +158,8 @@ def test_a_real_prometheus_scrapes_it(scripted):
     assert up["data"]["result"][0]["value"][1] == "1"
 
 
-def test_stored_flows_hold_no_token_and_name_the_accounts(scripted):
-    backend, proxy, tmp_path, flows_file = scripted
-    proxy.stop()
+def test_stored_flows_hold_no_token_and_name_the_accounts(recorded):
+    backend, tmp_path, flows_file = recorded
     stored = flows_file.read_bytes()
     secret = ("access_token", "refresh_token", "id_token")  # account ids are not secrets: they go upstream as headers
     minted = [v for tokens in json.loads((tmp_path / "original-tokens.json").read_text()).values()
@@ -165,9 +179,8 @@ def test_stored_flows_hold_no_token_and_name_the_accounts(scripted):
     assert any(fl.response and b"response.completed" in (fl.response.raw_content or b"") for fl in flows)  # body kept
 
 
-def test_content_view_renders_a_recorded_stream(scripted):
-    backend, proxy, tmp_path, flows_file = scripted
-    proxy.stop()
+def test_content_view_renders_a_recorded_stream(recorded):
+    backend, tmp_path, flows_file = recorded
     with open(flows_file, "rb") as f:
         flow = next(fl for fl in io.FlowReader(f).stream()
                     if fl.response and fl.response.status_code == 200 and fl.request.path.startswith("/backend-api/codex/responses"))

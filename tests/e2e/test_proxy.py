@@ -1,4 +1,7 @@
-"""The pool proxy end to end: real mitmdump + addons/pool.py in front of the simulated backend."""
+"""The pool proxy end to end: real mitmdump + addons/pool.py in front of the simulated backend.
+
+Tests that need no settings of their own share one mitmdump, each on accounts of its own
+(tests.support.proxy_world); the others start their own."""
 
 import hashlib
 import json
@@ -6,52 +9,28 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from codex_pool.core import zstd
 
+from tests.support.flows import CLIENT_TOKEN, completed_event, served_by, turn, turn_body
 from tests.support.procs import BIN, ROOT, FakeBackend, Proxy
+from tests.support.proxy_world import ProxyWorld, write_pool_file
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
-CLIENT_TOKEN = "client-own-token-must-never-reach-upstream"
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    # quick scans: files dropped into the pool folder are picked up within 0.2 s
+    world = ProxyWorld(tmp_path_factory.mktemp("proxy"), "policy: round_robin\npool_scan_seconds: 0.2\n")
+    yield world
+    world.stop()
 
 
-def turn_body(key: str | None = "conv-1", text: str = "hello") -> dict:
-    body = {
-        "model": "gpt-5.1-codex",
-        "stream": True,
-        "store": False,
-        "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}],
-    }
-    if key:
-        body["prompt_cache_key"] = key
-    return body
-
-
-def turn(proxy: Proxy, key: str | None, *, headers: dict | None = None, body: bytes | None = None) -> httpx.Response:
-    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "content-type": "application/json"}
-    if key:
-        h["session-id"] = key
-    h.update(headers or {})
-    data = body if body is not None else json.dumps(turn_body(key)).encode()
-    return proxy.http.post("/backend-api/codex/responses", content=data, headers=h)
-
-
-def served_by(backend: FakeBackend) -> list[str | None]:
-    return [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
-
-
-def completed_event(text: str) -> dict:
-    for block in text.split("\n\n"):
-        for line in block.splitlines():
-            if line.startswith("data:") and '"response.completed"' in line:
-                return json.loads(line[5:])
-    raise AssertionError(f"no response.completed in {text[:500]!r}")
-
-
-def test_upstream_sees_pool_credentials_never_the_clients(start, tmp_path):
-    backend, proxy = start(["alice", "bob"])
+def test_upstream_sees_pool_credentials_never_the_clients(shared):
+    w = shared.fresh(["alice", "bob"])
+    backend, proxy = w.backend, w.proxy
     r = turn(proxy, "conv-cred", headers={
         "ChatGPT-Account-ID": "client-account",
         "chatgpt_account_id": "client-account-underscore",
@@ -62,22 +41,23 @@ def test_upstream_sees_pool_credentials_never_the_clients(start, tmp_path):
     assert r.status_code == 200, r.text
     assert completed_event(r.text)["response"]["usage"]["total_tokens"] > 0
     pool = {json.loads(p.read_text())["tokens"]["access_token"]: json.loads(p.read_text())["tokens"]["account_id"]
-            for p in (tmp_path / "pool").glob("*.json")}
+            for p in w.pool_dir.glob("*.json")}
     [seen] = [r for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
     headers = [(k.lower(), v) for k, v in seen["headers"]]
     auth = [v for k, v in headers if k == "authorization"]
     account_ids = [v for k, v in headers if k.replace("_", "-") == "chatgpt-account-id"]
     assert len(auth) == 1 and auth[0].startswith("Bearer ") and auth[0][7:] in pool
     assert account_ids == [pool[auth[0][7:]]]
-    assert seen["account"] in ("alice", "bob")
+    assert w.short(seen["account"]) in ("alice", "bob")
     flat = json.dumps(seen["headers"])
     for secret in (CLIENT_TOKEN, "client-account", "client-cookie"):
         assert secret not in flat
     assert ("x-custom-header", "kept") in headers and ("session-id", "conv-cred") in headers
 
 
-def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(start):
-    backend, proxy = start(["alice", "bob", "carol"])
+def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(shared):
+    w = shared.fresh(["alice", "bob", "carol"])
+    backend, proxy = w.backend, w.proxy
     raw = json.dumps(turn_body("zstd-conv", "compressed " * 200)).encode()
     packed = zstd.compress(raw)
     for _ in range(3):
@@ -89,30 +69,31 @@ def test_zstd_body_passes_unchanged_and_its_prompt_cache_key_routes(start):
     assert [s["body_sha256"] for s in seen] == [hashlib.sha256(packed).hexdigest()] * 3  # byte for byte
 
 
-def test_stickiness_across_turns_and_spreading_of_new_conversations(start):
-    backend, proxy = start(["alice", "bob", "carol"])
+def test_stickiness_across_turns_and_spreading_of_new_conversations(shared):
+    w = shared.fresh(["alice", "bob", "carol"])
     for key in ["a", "a", "b", "a", "c", "b", "c"]:
-        assert turn(proxy, f"conv-{key}").status_code == 200
-    accounts = served_by(backend)
+        assert turn(w.proxy, f"conv-{key}").status_code == 200
+    accounts = w.served()
     by_conv = {}
     for key, acct in zip(["a", "a", "b", "a", "c", "b", "c"], accounts):
         by_conv.setdefault(key, set()).add(acct)
     assert all(len(v) == 1 for v in by_conv.values()), by_conv  # sticky
     assert len({next(iter(v)) for v in by_conv.values()}) == 3  # three conversations, three accounts
     # each later turn of a conversation hit its account's prompt cache: 7 turns, 3 conversations
-    assert sum(a["cache_hits"] for a in backend.state()["accounts"].values()) == 4
+    assert sum(a["cache_hits"] for a in w.sent().values()) == 4
 
 
-def test_usage_balanced_spreads_new_conversations(start):
-    backend, proxy = start(["alice", "bob"], config="pool_dir: pool\ndata_dir: data\npolicy: usage_balanced\n")
+def test_usage_balanced_spreads_new_conversations(own_world):
+    w = own_world("policy: usage_balanced\n").fresh(["alice", "bob"])
     for i in range(4):
-        assert turn(proxy, f"conv-{i}").status_code == 200
-    accounts = served_by(backend)
+        assert turn(w.proxy, f"conv-{i}").status_code == 200
+    accounts = w.served()
     assert sorted(accounts) == ["alice", "alice", "bob", "bob"], accounts
 
 
-def test_sse_reaches_client_live_and_byte_identical(start):
-    backend, proxy = start(["alice"])
+def test_sse_reaches_client_live_and_byte_identical(shared):
+    w = shared.fresh(["alice"])
+    backend, proxy = w.backend, w.proxy
     backend.control("POST", "config", {"stream_delay": 0.25, "deltas": 6})
     h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "session-id": "live",
          "content-type": "application/json"}
@@ -131,77 +112,73 @@ def test_sse_reaches_client_live_and_byte_identical(start):
     assert seen["response_sha256"] == hashlib.sha256(body).hexdigest()  # byte-identical to what was sent
 
 
-def test_pool_file_added_while_running_is_served(start, tmp_path):
-    backend, proxy = start(["alice"])
-    auth = backend.add_account("dave")
-    path = tmp_path / "pool" / "dave.json"
-    path.write_text(json.dumps(auth))
-    path.chmod(0o600)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 5:
-        names = [a["name"] for a in proxy.http.get("/admin/accounts").json()["accounts"] if a["usable"]]
-        if "dave" in names:
-            break
-        time.sleep(0.2)
-    assert "dave" in names, "a file added while running was not picked up within 5 s"
+def test_pool_file_added_while_running_is_served(shared):
+    w = shared.fresh(["alice"])
+    write_pool_file(w.pool_dir, w["dave"], w.add("dave"))  # no reload: the folder watcher finds it
+    wait_for(lambda: w.states().get("dave", {}).get("usable"), 5, "the watcher to serve a file added while running")
     for i in range(2):
-        assert turn(proxy, f"conv-{i}").status_code == 200
-    assert "dave" in served_by(backend)
+        assert turn(w.proxy, f"conv-{i}").status_code == 200
+    assert "dave" in w.served()
 
 
-def test_reload_picks_up_at_once_and_removed_files_stop_serving(start, tmp_path):
-    backend, proxy = start(["alice"], config="pool_dir: pool\ndata_dir: data\npool_scan_seconds: 5\npolicy: round_robin\n")
-    auth = backend.add_account("erin")
-    (tmp_path / "pool" / "erin.json").write_text(json.dumps(auth))
-    r = proxy.http.post("/admin/reload")
-    assert r.status_code == 200 and r.json()["added"] == ["erin"] and r.json()["usable"] == 2
-    (tmp_path / "pool" / "alice.json").unlink()
-    assert proxy.http.post("/admin/reload").json()["removed"] == ["alice"]
+def test_reload_picks_up_at_once_and_removed_files_stop_serving(own_world):
+    # slow scans: only the reload can have picked the file up
+    w = own_world("pool_scan_seconds: 5\npolicy: round_robin\n").fresh(["alice"])
+    write_pool_file(w.pool_dir, w["erin"], w.add("erin"))
+    r = w.reload()
+    assert r["added"] == [w["erin"]] and r["usable"] == 2
+    w.file("alice").unlink()
+    assert w.reload()["removed"] == [w["alice"]]
     for i in range(3):
-        assert turn(proxy, f"c{i}").status_code == 200
-    assert set(served_by(backend)) == {"erin"}
+        assert turn(w.proxy, f"c{i}").status_code == 200
+    assert set(w.served()) == {"erin"}
 
 
-def test_bad_file_is_reported_once_and_left_untouched(start, tmp_path):
-    backend, proxy = start(["alice"])
-    bad = tmp_path / "pool" / "broken.json"
+def test_bad_file_is_reported_once_and_left_untouched(shared):
+    w = shared.fresh(["alice"])
+    proxy = w.proxy
+    bad = w.file("broken")
     bad.write_text('{"tokens": {"access_token": "x"')
     before = (bad.read_bytes(), bad.stat().st_mtime_ns, bad.stat().st_mode)
-    proxy.wait_for(r"WARNING.*broken\.json.*not valid JSON|broken\.json: not valid JSON|skipping pool file .*broken\.json: not valid JSON", 6)
-    time.sleep(2.5)  # a few more scans
-    assert sum("broken.json" in line and "skipping" in line for line in proxy.lines) == 1
+    proxy.wait_for(rf"skipping pool file .*{bad.name}: not valid JSON", 6)  # found by the folder watcher
+    for _ in range(2):  # more scans of the folder, now rather than after a guessed wait
+        assert w.reload()["invalid"].keys() == {bad.name}
+    proxy.sync_log()
+    assert sum(bad.name in line and "skipping" in line for line in proxy.lines) == 1
     assert (bad.read_bytes(), bad.stat().st_mtime_ns, bad.stat().st_mode) == before
     assert turn(proxy, "still-serving").status_code == 200
-    listed = {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
+    listed = w.states()
     assert listed["broken"]["state"] == "invalid" and "not valid JSON" in listed["broken"]["reason"]
 
 
-def test_duplicate_account_files_serve_one_and_list_both(start, tmp_path):
-    backend, proxy = start(["alice"])
-    pool = tmp_path / "pool"
-    (pool / "alice-copy.json").write_text((pool / "alice.json").read_text())
-    proxy.http.post("/admin/reload")
-    proxy.wait_for(r"alice-copy\.json and alice\.json hold the same account; serving alice\.json", 5)
-    rows = {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
+def test_duplicate_account_files_serve_one_and_list_both(shared):
+    w = shared.fresh(["alice"])
+    write_pool_file(w.pool_dir, w["alice-copy"], json.loads(w.file("alice").read_text()))
+    w.reload()
+    a, copy = w["alice"], w["alice-copy"]
+    w.proxy.wait_for(rf"{copy}\.json and {a}\.json hold the same account; serving {a}\.json", 5)
+    rows = w.states()
     assert rows["alice"]["usable"] and rows["alice-copy"]["state"] == "duplicate"
 
 
-def test_admin_accounts_never_shows_a_token(start, tmp_path):
-    backend, proxy = start(["alice", "bob"])
-    turn(proxy, "x")
+def test_admin_accounts_never_shows_a_token(shared):
+    w = shared.fresh(["alice", "bob"])
+    proxy = w.proxy
+    assert turn(proxy, "x").status_code == 200
     text = proxy.http.get("/admin/accounts").text
-    for p in (tmp_path / "pool").glob("*.json"):
+    for p in w.pool_dir.glob("*.json"):
         tokens = json.loads(p.read_text())["tokens"]
         for k in ("access_token", "refresh_token", "id_token"):
             assert tokens[k] not in text
     rows = json.loads(text)["accounts"]
-    assert {r["name"] for r in rows} == {"alice", "bob"}
-    alice = next(r for r in rows if r["name"] == "alice")
+    assert {r["name"] for r in rows} == {w["alice"], w["bob"]}
+    alice = next(r for r in rows if r["name"] == w["alice"])
     assert alice["email"] and alice["account_id"] and alice["plan"] == "plus"
 
 
-def test_empty_pool_answers_503_locally(start):
-    backend, proxy = start([])
+def test_empty_pool_answers_503_locally(shared):
+    w = shared.fresh([])
+    backend, proxy = w.backend, w.proxy
     r = turn(proxy, "c")
     assert r.status_code == 503
     err = r.json()["error"]
@@ -247,14 +224,15 @@ def test_bad_config_fails_at_start_with_the_key_named(tmp_path):
 
 
 def test_bad_config_edit_keeps_previous_settings(start, tmp_path):
-    backend, proxy = start(["alice", "bob"], config="pool_dir: pool\ndata_dir: data\npolicy: fill_first\n")
+    base = "pool_dir: pool\ndata_dir: data\npool_scan_seconds: 0.2\n"  # the settings file is checked at each scan
+    backend, proxy = start(["alice", "bob"], config=base + "policy: fill_first\n")
     mark = len(proxy.lines)
-    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\npolicy: fill_first\nsticky_ttl_minutes: -1\n")
+    (tmp_path / "mitm.yaml").write_text(base + "policy: fill_first\nsticky_ttl_minutes: -1\n")
     proxy.wait_for(r"sticky_ttl_minutes: -1 is out of range.*keeping the previous settings", 6, start=mark)
     for i in range(3):
         assert turn(proxy, f"c{i}").status_code == 200
     assert set(served_by(backend)) == {"alice"}  # still fill_first
-    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\npolicy: round_robin\n")
+    (tmp_path / "mitm.yaml").write_text(base + "policy: round_robin\n")
     proxy.wait_for(r"reloaded .*mitm\.yaml", 6, start=mark)
     backend.clear_requests()
     for i in range(3, 7):
@@ -272,8 +250,9 @@ def test_admin_endpoints_require_the_admin_token_when_set(start):
     assert backend.requests() == []  # none of it was forwarded
 
 
-def test_only_the_backend_api_is_forwarded(start):
-    backend, proxy = start(["alice"])
+def test_only_the_backend_api_is_forwarded(shared):
+    w = shared.fresh(["alice"])  # the only test here that asks the shared proxy for models (cached)
+    backend, proxy = w.backend, w.proxy
     for path in ("/", "/auth/login", "/backend-apix"):
         r = proxy.http.get(path, headers={"authorization": f"Bearer {CLIENT_TOKEN}"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_forwarded", path
@@ -292,8 +271,9 @@ def test_stream_large_bodies_is_refused_at_start(tmp_path):
     assert done.returncode != 0 and "stream_large_bodies: codex-pool must see a whole request" in done.stdout + done.stderr
 
 
-def test_workspace_routing_and_client_refresh_are_answered_locally(start):
-    backend, proxy = start(["alice"])
+def test_workspace_routing_and_client_refresh_are_answered_locally(shared):
+    w = shared.fresh(["alice"])
+    backend, proxy = w.backend, w.proxy
     r = proxy.http.get("/backend-api/wham/accounts/check",
                        headers={"chatgpt-account-id": "client-acct", "host": "evil.example", "x-forwarded-host": "evil.example",
                                 "authorization": f"Bearer {CLIENT_TOKEN}"})

@@ -1,44 +1,35 @@
 """Token lifecycle and quota signals end to end: real mitmdump processes, the simulated backend's
-OAuth endpoint (which rotates refresh tokens and rejects reuse, so any double use fails here)."""
+OAuth endpoint (which rotates refresh tokens and rejects reuse, so any double use fails here).
+
+Tests that need nothing but fresh accounts share one mitmdump (tests.support.proxy_world) whose
+token keeper runs on a fast, observable clock (fast_clock.py); the others start their own."""
 
 import json
 import threading
-import time
+from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.e2e.test_proxy import CLIENT_TOKEN, turn_body
+from tests.support.flows import CLIENT_TOKEN, RESPONSES, admin_accounts as accounts, redirecting_client, turn_body
 from tests.support.procs import FakeBackend, Proxy
+from tests.support.proxy_world import ProxyWorld, write_pool_file
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
 
-
-def write_pool_file(pool, name, auth, extra=None):
-    doc = dict(auth)
-    doc.update(extra or {})
-    path = pool / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2))
-    path.chmod(0o600)
-    return path
-
-
-def accounts(proxy):
-    return {a["name"]: a for a in proxy.http.get("/admin/accounts").json()["accounts"]}
-
-
-def wait_until(check, timeout=15.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
+FAST_CLOCK = Path(__file__).with_name("fast_clock.py")
 
 
 def config(backend, extra=""):
     return f"pool_dir: pool\ndata_dir: data\npolicy: fill_first\ntoken_url: {backend.url}/oauth/token\n{extra}"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    world = ProxyWorld(tmp_path_factory.mktemp("tokens"), "policy: fill_first\npool_scan_seconds: 0.2\nusage_poll_seconds: 0\n",
+                       scripts=[FAST_CLOCK])
+    yield world
+    world.stop()
 
 
 @pytest.fixture
@@ -59,9 +50,9 @@ def test_two_proxies_on_one_pool_refresh_an_expired_account_exactly_once(tmp_pat
             proxies.append(Proxy(backend.url, tmp_path / f"proxy{i}",
                                  f"pool_dir: {pool}\ndata_dir: data\ntoken_url: {backend.url}/oauth/token\n"))
         for p in proxies:
-            wait_until(lambda: accounts(p)["alice"]["usable"])
+            wait_for(lambda p=p: accounts(p)["alice"]["usable"], 15, "alice to be refreshed and usable")
         for p in proxies:
-            r = p.http.post("/backend-api/codex/responses", json=turn_body("two"), headers={"session-id": "two"})
+            r = p.http.post(RESPONSES, json=turn_body("two"), headers={"session-id": "two"})
             assert r.status_code == 200, r.text
     finally:
         for p in proxies:
@@ -80,47 +71,41 @@ def test_two_proxies_on_one_pool_refresh_an_expired_account_exactly_once(tmp_pat
     assert used == {f"Bearer {newest['tokens']['access_token']}"}  # both served with the new token
 
 
-def test_concurrent_401s_on_one_account_make_one_token_call(tmp_path, backend):
-    write_pool_file(tmp_path / "pool", "alice", backend.add_account("alice"))
-    proxy = Proxy(backend.url, tmp_path / "proxy", config(backend).replace("pool_dir: pool", f"pool_dir: {tmp_path / 'pool'}"))
-    try:
-        backend.control("POST", "accounts/alice/expire")  # upstream now refuses alice's access token
-        statuses = []
+def test_concurrent_401s_on_one_account_make_one_token_call(shared):
+    w = shared.fresh(["alice"])
+    w.backend.control("POST", f"accounts/{w['alice']}/expire")  # upstream now refuses alice's access token
+    statuses = []
 
-        def one(i):
-            with httpx.Client(base_url=proxy.url, follow_redirects=True, timeout=30, trust_env=False) as c:
-                statuses.append(c.post("/backend-api/codex/responses", json=turn_body(f"c{i}"),
-                                       headers={"session-id": f"c{i}"}).status_code)
+    def one(i):
+        with redirecting_client(w.proxy) as c:
+            statuses.append(c.post(RESPONSES, json=turn_body(f"c{i}"), headers={"session-id": f"c{i}"}).status_code)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert statuses == [200] * 4
-        assert backend.state()["accounts"]["alice"]["token_calls"] == 1
-        assert accounts(proxy)["alice"]["state"] == "usable"
-    finally:
-        proxy.stop()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 4
+    assert w.sent()["alice"]["token_calls"] == 1
+    assert w.states()["alice"]["state"] == "usable"
 
 
-def test_tokens_expiring_soon_are_refreshed_in_the_background(tmp_path, backend):
-    pool = tmp_path / "pool"
-    auth = backend.add_account("alice", access_ttl_seconds=900)
-    write_pool_file(pool, "alice", auth, {"extra": 1})
-    proxy = Proxy(backend.url, tmp_path / "proxy", config(backend).replace("pool_dir: pool", f"pool_dir: {pool}"))
-    try:
-        wait_until(lambda: backend.state()["accounts"]["alice"]["refresh_count"] == 1)
-        on_disk = wait_until(lambda: (d := json.loads((pool / "alice.json").read_text()))["tokens"]["access_token"]
-                             != auth["tokens"]["access_token"] and d)
-        assert on_disk["extra"] == 1 and on_disk["last_refresh"] != auth["last_refresh"]
-        time.sleep(6)  # more keeper rounds: the new token (900 s) is inside the margin too, yet no storm
-        assert backend.state()["accounts"]["alice"]["refresh_count"] == 1
-        r = proxy.http.post("/backend-api/codex/responses", json=turn_body("bg"), headers={"session-id": "bg"})
-        assert r.status_code == 200
-    finally:
-        proxy.stop()
-    assert backend.state()["accounts"]["alice"]["refresh_failures"] == 0  # never a reused token
+def test_tokens_expiring_soon_are_refreshed_in_the_background(shared):
+    w = shared.fresh([])
+    auth = w.add("alice", access_ttl_seconds=900)
+    path = w.install("alice", auth, {"extra": 1})
+    w.reload()
+    wait_for(lambda: w.sent()["alice"]["refresh_count"] == 1, 15, "the keeper to refresh alice")
+    on_disk = wait_for(lambda: (d := json.loads(path.read_text()))["tokens"]["access_token"]
+                       != auth["tokens"]["access_token"] and d, 15, "the refreshed tokens on disk")
+    assert on_disk["extra"] == 1 and on_disk["last_refresh"] != auth["last_refresh"]
+    # more keeper checks: the new token (900 s) is inside the margin too, yet no storm
+    n = int(w.proxy.wait_for(r"codex-pool-test: token check (\d+)$", 10, start=len(w.proxy.lines)).group(1))
+    w.proxy.wait_for(rf"codex-pool-test: token check {n + 3}$", 10)
+    assert w.sent()["alice"]["refresh_count"] == 1
+    r = w.proxy.http.post(RESPONSES, json=turn_body("bg"), headers={"session-id": "bg"})
+    assert r.status_code == 200
+    assert w.sent()["alice"]["refresh_failures"] == 0  # never a reused token
 
 
 PERMANENT = [
@@ -133,50 +118,46 @@ PERMANENT = [
 
 
 @pytest.mark.parametrize("status,code", PERMANENT, ids=[c for _, c in PERMANENT])
-def test_permanent_refresh_failure_disables_until_the_file_is_replaced(tmp_path, backend, status, code):
-    pool = tmp_path / "pool"
-    path = write_pool_file(pool, "alice", backend.add_account("alice", access_ttl_seconds=600))
+def test_permanent_refresh_failure_disables_until_the_file_is_replaced(shared, status, code):
+    w = shared.fresh([])
+    auth = w.add("alice", access_ttl_seconds=600)
+    w.fault("refresh_error", "alice", status=status, code=code)
+    path = w.install("alice", auth)
     before = path.read_bytes()
-    backend.fault(kind="refresh_error", account="alice", status=status, code=code)
-    proxy = Proxy(backend.url, tmp_path / "proxy", config(backend).replace("pool_dir: pool", f"pool_dir: {pool}"))
-    try:
-        row = wait_until(lambda: (a := accounts(proxy)["alice"])["state"] == "disabled" and a)
-        assert "reauth_required" in row["reason"] and "alice.json" in row["reason"]
-        assert code in (row["last_error"] or "")
-        assert path.read_bytes() == before  # the file is not touched
-        r = proxy.http.post("/backend-api/codex/responses", json=turn_body("p"), headers={"session-id": "p"})
-        assert r.status_code == 503 and "alice.json" in r.json()["error"]["message"]
-        fresh = backend.control("POST", "accounts/alice/login")
-        write_pool_file(pool, "alice", fresh.get("auth", fresh))
-        wait_until(lambda: accounts(proxy)["alice"]["state"] == "usable")
-    finally:
-        proxy.stop()
+    w.reload()
+    row = wait_for(lambda: (a := w.states()["alice"])["state"] == "disabled" and a, 15, "the failed refresh to disable alice")
+    assert "reauth_required" in row["reason"] and path.name in row["reason"]
+    assert code in (row["last_error"] or "")
+    assert path.read_bytes() == before  # the file is not touched
+    r = w.proxy.http.post(RESPONSES, json=turn_body("p"), headers={"session-id": "p"})
+    assert r.status_code == 503 and path.name in r.json()["error"]["message"]
+    fresh = w.backend.control("POST", f"accounts/{w['alice']}/login")
+    w.install("alice", fresh.get("auth", fresh))  # no reload: the folder watcher finds it
+    wait_for(lambda: w.states()["alice"]["state"] == "usable", 15, "the replaced file to bring alice back")
 
 
-def test_transient_refresh_failure_retries_and_the_account_keeps_serving(tmp_path, backend):
-    pool = tmp_path / "pool"
-    write_pool_file(pool, "alice", backend.add_account("alice", access_ttl_seconds=600))
-    backend.fault(kind="refresh_error", account="alice", status=503, code="temporarily_unavailable")
-    proxy = Proxy(backend.url, tmp_path / "proxy", config(backend).replace("pool_dir: pool", f"pool_dir: {pool}"))
-    try:
-        wait_until(lambda: backend.state()["accounts"]["alice"]["token_calls"] >= 1)
-        assert accounts(proxy)["alice"]["usable"]  # its access token is still valid
-        r = proxy.http.post("/backend-api/codex/responses", json=turn_body("t"), headers={"session-id": "t"})
-        assert r.status_code == 200
-        wait_until(lambda: backend.state()["accounts"]["alice"]["refresh_count"] == 1, timeout=20)
-    finally:
-        proxy.stop()
-    state = backend.state()["accounts"]["alice"]
-    assert state["token_calls"] == 2  # the failed try (not consumed) and the retry after backoff
+def test_transient_refresh_failure_retries_and_the_account_keeps_serving(shared):
+    w = shared.fresh([])
+    auth = w.add("alice", access_ttl_seconds=600)
+    w.fault("refresh_error", "alice", status=503, code="temporarily_unavailable")
+    w.install("alice", auth)
+    w.reload()
+    wait_for(lambda: w.sent()["alice"]["token_calls"] >= 1, 15, "the keeper's first refresh try")
+    assert w.states()["alice"]["usable"]  # its access token is still valid
+    r = w.proxy.http.post(RESPONSES, json=turn_body("t"), headers={"session-id": "t"})
+    assert r.status_code == 200
+    wait_for(lambda: w.sent()["alice"]["refresh_count"] == 1, 20, "the retry after backoff to refresh alice")
+    assert w.sent()["alice"]["token_calls"] == 2  # the failed try (not consumed) and the retry after backoff
 
 
 def test_usage_polling_feeds_the_account_view(tmp_path, backend):
     pool = tmp_path / "pool"
     write_pool_file(pool, "alice", backend.add_account("alice", primary_used_percent=37))
     proxy = Proxy(backend.url, tmp_path / "proxy",
-                  config(backend, "usage_poll_seconds: 1\n").replace("pool_dir: pool", f"pool_dir: {pool}"))
+                  config(backend, "usage_poll_seconds: 1\n").replace("pool_dir: pool", f"pool_dir: {pool}"),
+                  scripts=[FAST_CLOCK])
     try:
-        limits = wait_until(lambda: accounts(proxy)["alice"]["rate_limits"])
+        limits = wait_for(lambda: accounts(proxy)["alice"]["rate_limits"], 15, "a usage poll of alice")
         assert limits["source"] == "usage" and limits["primary"]["used_percent"] == 37
         assert limits["plan"] == "plus"
     finally:
@@ -195,12 +176,13 @@ def test_rate_limit_signals_steer_new_conversations_away(tmp_path, backend):
                   .replace("pool_dir: pool", f"pool_dir: {pool}"))
     try:
         h = {"authorization": f"Bearer {CLIENT_TOKEN}"}
-        first = [proxy.http.post("/backend-api/codex/responses", json=turn_body(f"n{i}"),
+        first = [proxy.http.post(RESPONSES, json=turn_body(f"n{i}"),
                                  headers={**h, "session-id": f"n{i}"}) for i in range(2)]
         assert all(r.status_code == 200 for r in first)
         # both accounts have now reported their headers: alice is nearly spent
         for i in range(2, 6):
-            proxy.http.post("/backend-api/codex/responses", json=turn_body(f"n{i}"), headers={**h, "session-id": f"n{i}"})
+            r = proxy.http.post(RESPONSES, json=turn_body(f"n{i}"), headers={**h, "session-id": f"n{i}"})
+            assert r.status_code == 200, r.text
     finally:
         proxy.stop()
     served = [r["account"] for r in backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
@@ -211,11 +193,13 @@ def test_usage_poll_401_triggers_a_refresh(tmp_path, backend):
     pool = tmp_path / "pool"
     write_pool_file(pool, "alice", backend.add_account("alice"))
     proxy = Proxy(backend.url, tmp_path / "proxy",
-                  config(backend, "usage_poll_seconds: 1\n").replace("pool_dir: pool", f"pool_dir: {pool}"))
+                  config(backend, "usage_poll_seconds: 1\n").replace("pool_dir: pool", f"pool_dir: {pool}"),
+                  scripts=[FAST_CLOCK])
     try:
-        wait_until(lambda: accounts(proxy)["alice"]["rate_limits"])
+        wait_for(lambda: accounts(proxy)["alice"]["rate_limits"], 15, "a usage poll of alice")
         backend.control("POST", "accounts/alice/revoke")  # every token of alice stops working
-        row = wait_until(lambda: (a := accounts(proxy)["alice"])["state"] == "disabled" and a)
+        row = wait_for(lambda: (a := accounts(proxy)["alice"])["state"] == "disabled" and a, 15,
+                       "the next poll's 401 and the failed refresh to disable alice")
         assert "refresh_token_invalidated" in row["last_error"]
     finally:
         proxy.stop()

@@ -1,7 +1,7 @@
 """Real processes for end-to-end tests: the simulated backend and mitmdump with our addon.
 
 Both bind 127.0.0.1 on an ephemeral port, are read for their "listening at" line, and are stopped
-by PID (SIGTERM, then SIGKILL) when the test ends.
+by PID (SIGTERM, then SIGKILL) when the test ends, or at once when they fail to start.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,12 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Proc:
@@ -35,7 +42,11 @@ class Proc:
             start_new_session=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
-        self.match = self.wait_for(ready, timeout)
+        try:
+            self.match = self.wait_for(ready, timeout)
+        except BaseException:
+            self.stop()  # never leave a process behind that did not come up
+            raise
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -90,7 +101,11 @@ class FakeBackend(Proc):
             argv += ["--names", ",".join(names)]
         super().__init__(argv + list(extra or []), re.compile(r"listening at (http://127\.0\.0\.1:\d+)"))
         self.url = self.match.group(1)
-        self.http = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
+        try:
+            self.http = httpx.Client(base_url=self.url, timeout=10, trust_env=False)
+        except BaseException:
+            super().stop()
+            raise
 
     def control(self, method: str, path: str, json: Any = None) -> Any:
         r = self.http.request(method, f"/_fake/{path.lstrip('/')}", json=json)
@@ -115,7 +130,8 @@ class FakeBackend(Proc):
         return self.control("POST", "faults", spec)
 
     def stop(self) -> int | None:
-        self.http.close()
+        if hasattr(self, "http"):
+            self.http.close()
         return super().stop()
 
 
@@ -144,8 +160,23 @@ class Proxy(Proc):
         super().__init__(argv + list(extra or []), re.compile(r"listening at 127\.0\.0\.1:(\d+)"), env=env, cwd=workdir)
         self.port = int(self.match.group(1))
         self.url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        try:
+            self.http = httpx.Client(base_url=self.url, timeout=30, trust_env=False)
+        except BaseException:
+            super().stop()
+            raise
+        self._syncs = 0
+
+    def sync_log(self) -> int:
+        """Wait until everything the proxy logged before this call has been read into `lines`: a
+        request is made whose flow line mitmdump prints after them. Returns the index after it."""
+        self._syncs += 1
+        path = f"/healthz?log-sync={self._syncs}"
+        self.http.get(path)
+        self.wait_for(r"GET \S+" + re.escape(path), 10)  # mitmdump prints the upstream URL
+        return len(self.lines)
 
     def stop(self) -> int | None:
-        self.http.close()
+        if hasattr(self, "http"):
+            self.http.close()
         return super().stop()
