@@ -556,7 +556,7 @@ class ExplodingJSONObserver(TurnObserver):
 @pytest.mark.parametrize("observer_cls", [ExplodingObserver, ExplodingJSONObserver])
 def test_tap_failing_observer_does_not_raise(observer_cls: type[TurnObserver]) -> None:
     chunks = [CODEX_STREAM[i:i + 50] for i in range(0, len(CODEX_STREAM), 50)]
-    tap, obs = run_tap(chunks, observer=observer_cls())  # asserts pass-through of every chunk
+    tap, obs = run_tap(chunks, observer=observer_cls(), batch_bytes=1)  # parsed chunk by chunk; asserts pass-through
     assert tap.error is not None
     assert "observer exploded" in tap.error or "ValueError" in tap.error
     assert tap.bytes_seen == len(CODEX_STREAM)
@@ -590,13 +590,29 @@ def test_delta_fast_paths_count_exactly_what_the_line_parser_sees(cuts, one_even
     assert len(texts) == N_DELTAS and all('"delta"' in t for t in texts)
 
 
-def test_a_delta_chunk_is_only_counted_between_events() -> None:
-    p = SSEParser(count_deltas=True)
-    delta = sse([{"type": "response.output_text.delta", "delta": "x"}])
-    assert p.take_delta_chunk(delta) is False  # the first line of a stream goes through the parser (BOM)
-    p.feed(b"event: response.created\ndata: {}\n\n")
-    assert p.take_delta_chunk(delta) is True and p.deltas_counted == 1
-    p.feed(b"data: half an event")
-    assert p.take_delta_chunk(delta) is False  # an event in progress: the line parser must see this
-    assert p.take_delta_chunk(b"event: response.output_text.delta\r\ndata: {}\r\n\r\n") is False
-    assert p.take_delta_chunk(b"event: response.completed\ndata: {}\n\n") is False
+@pytest.mark.parametrize("batch_bytes", [1, 64, 1 << 20])
+def test_batching_changes_nothing_but_when_events_are_parsed(batch_bytes) -> None:
+    chunks = [sse([e]) for e in codex_events()]
+    tap, obs = run_tap(chunks, batch_bytes=batch_bytes)
+    assert obs.summary() == EXPECTED_SUMMARY and tap.events == N_EVENTS
+
+
+def test_drain_parses_what_is_queued_before_the_stream_ends() -> None:
+    tap = SSETap(None, TurnObserver(), clock=lambda: 1.0)
+    tap(sse(codex_events()[:3]))
+    assert tap.observer.events == 0  # queued, not parsed yet
+    tap.drain()
+    assert tap.observer.events == 3 and tap.events == 3 and not tap.ended
+
+
+def test_a_leading_bom_is_dropped_on_the_fast_path_too() -> None:
+    p = SSEParser()
+    events = p.feed(b"\xef\xbb\xbfevent: response.output_text.delta\ndata: {}\n\n")
+    assert [(e.event, e.data) for e in events] == [("response.output_text.delta", "{}")]
+
+
+@pytest.mark.parametrize("batch_bytes,keep", [(1, 100), (64, 100), (1 << 20, 100), (64, 1 << 20)])
+def test_the_kept_copy_is_the_first_bytes_of_the_stream_however_it_is_batched(batch_bytes, keep) -> None:
+    chunks = split_at(CODEX_STREAM, [37, 300, 301, 900])
+    tap, _ = run_tap(chunks, batch_bytes=batch_bytes, keep_bytes=keep)
+    assert bytes(tap.kept) == CODEX_STREAM[:keep]

@@ -139,6 +139,7 @@ class Verdicts:
 
     def _absorb(self, flow: http.HTTPFlow, exchange: Exchange, tap: SSETap) -> None:
         """Fold what a tap saw of one turn into the exchange and the account's quota."""
+        tap.drain()  # a stream cut short still has queued chunks
         observer = tap.observer
         if observer is None or exchange.turn is not None:
             return
