@@ -22,6 +22,15 @@ log = logging.getLogger("codex_pool")
 class Routing:
     def __init__(self, pool: Pool):
         self.pool = pool
+        self._fingerprints: dict[str, str] = {}  # access token -> its tag, so each token is hashed once
+
+    def _fingerprint(self, token: str) -> str:
+        tag = self._fingerprints.get(token)
+        if tag is None:
+            if len(self._fingerprints) >= 256:  # tokens rotate; never let this grow
+                self._fingerprints.clear()
+            tag = self._fingerprints[token] = fingerprint(token)
+        return tag
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.error is not None or paths.is_local(flow.request.path):
@@ -43,7 +52,7 @@ class Routing:
         marker = request.query.get(failover.MARKER) if failover.MARKER in request.path else None
         if marker is not None:
             del request.query[failover.MARKER]  # ours; upstream never sees it
-        key = conversation.conversation_key(headers, lambda: request.get_content(strict=False))
+        key = conversation.conversation_key(headers, lambda: request.get_content(strict=False) if request.raw_content else None)
         hashed = conversation.hash_key(pool.secret, key) if key else None
         chain = pool.chains.find(marker, hashed if headers.get("upgrade", "").lower() == "websocket" else None, now)
         route = pool.router.route(hashed, now, exclude=frozenset(chain.tried) if chain else frozenset())
@@ -57,7 +66,7 @@ class Routing:
             (b"ChatGPT-Account-ID", account.account_id.encode()),
         ))
         exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, request.path, headers),
-                                      fingerprint(account.access_token))
+                                      self._fingerprint(account.access_token))
         flow.comment = comment(exchange)
         pool.events.emit("request.account_selected", account=account.name, reason=route.reason,
                          conversation=route.conversation, attempt=exchange.attempt, pinned_to=route.pinned_to,
