@@ -110,6 +110,21 @@ async def test_concurrent_needs_share_one_refresh_and_write_back_keeps_unknown_k
     assert oct(a.path.stat().st_mode & 0o777) == "0o600"
 
 
+async def test_a_caller_that_gives_up_cancels_nothing_others_wait_on(tmp_path):
+    a = account(tmp_path)
+    server = TokenServer(delay=0.2)
+    r = refresher_for(server)
+    impatient = asyncio.ensure_future(asyncio.wait_for(r.refresh(a, "unauthorized_recovery"), 0.05))
+    patient = asyncio.ensure_future(r.refresh(a, "proactive_expiry"))
+    with pytest.raises(asyncio.TimeoutError):
+        await impatient
+    result = await asyncio.wait_for(patient, 5)
+    assert result.outcome == REFRESHED and len(server.calls) == 1  # finished and written back, once
+    assert json.loads(a.path.read_text())["tokens"]["refresh_token"] == "rt_rotated_1_xxxxxxxx"
+    later = await r.refresh(parse_auth(a.path.read_bytes(), a.path), "proactive_expiry")
+    assert later.outcome == REFRESHED and len(server.calls) == 2  # the rotated token works: nothing lost
+
+
 async def test_tokens_changed_on_disk_are_adopted_without_a_call(tmp_path):
     a = account(tmp_path)
     newer = make_auth("acct-alice", refresh_token="rt_someone_else_rotated")

@@ -56,26 +56,29 @@ class Refresher:
         self.client_id = client_id
         self.lock_timeout = lock_timeout
         self.request_timeout = request_timeout
-        self._inflight: dict[str, asyncio.Future[RefreshResult]] = {}
+        self._inflight: dict[str, asyncio.Task[RefreshResult]] = {}
         self._presented: set[str] = set()
         self.calls = 0  # token endpoint calls made by this process
 
     async def refresh(self, account: Account, reason: str) -> RefreshResult:
-        """Refresh (or adopt) `account`'s tokens; concurrent calls for one account share the work."""
+        """Refresh (or adopt) `account`'s tokens; concurrent calls for one account share the work.
+
+        The work runs as its own task: a caller that gives up (a timeout, a cancelled hook) never
+        cancels a refresh others wait on, nor one whose refresh token is already on its way."""
         key = str(account.path)
         running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[RefreshResult] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        if running is None:
+            running = asyncio.get_running_loop().create_task(self._run(account, reason, key))
+            self._inflight[key] = running
+        return await asyncio.shield(running)
+
+    async def _run(self, account: Account, reason: str, key: str) -> RefreshResult:
         try:
-            result = await self._refresh_locked(account, reason)
+            return await self._refresh_locked(account, reason)
         except Exception as e:  # never let one refresh take the caller down
-            result = RefreshResult(TRANSIENT, None, "internal_error", f"{type(e).__name__}: {e}")
+            return RefreshResult(TRANSIENT, None, "internal_error", f"{type(e).__name__}: {e}")
         finally:
-            del self._inflight[key]
-        future.set_result(result)
-        return result
+            self._inflight.pop(key, None)
 
     async def _refresh_locked(self, account: Account, reason: str) -> RefreshResult:
         lock = FileLock(account.path)

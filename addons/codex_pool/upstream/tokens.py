@@ -45,6 +45,7 @@ class TokenService:
         self.keeper: TokenKeeper | None = None
         self.poller: UsagePoller | None = None
         self._refreshed_after_401: dict[str, float] = {}
+        self._work: set[asyncio.Task] = set()
 
     def configure(self, config: Config, http: httpx.AsyncClient | None, upstream_base: str | None) -> None:
         """(Re)build the refresher and usage poller for the current settings."""
@@ -127,8 +128,11 @@ class TokenService:
             last = self._refreshed_after_401.get(name)
             if last is not None and self.pool.now() - last < REAUTH_WINDOW:
                 return verdict
+            work = asyncio.get_running_loop().create_task(self.refresh_account(name, "unauthorized_recovery"))
+            self._work.add(work)  # runs to its end (and is applied) even if this request stops waiting
+            work.add_done_callback(self._work.discard)
             try:
-                result = await asyncio.wait_for(self.refresh_account(name, "unauthorized_recovery"), REFRESH_AFTER_401_TIMEOUT)
+                result = await asyncio.wait_for(asyncio.shield(work), REFRESH_AFTER_401_TIMEOUT)
             except asyncio.TimeoutError:
                 return Verdict("cooldown", "refresh_timeout", "the token refresh after a 401 took too long")
             if result is None:
