@@ -83,6 +83,16 @@ def test_fresh_tokens_serve_again_on_the_same_account_without_using_up_an_attemp
     assert pool.settle(again, LIMITED, NOW, answer_sent=False).action == failover.RETRY  # still one try left
 
 
+def test_a_websocket_upgrade_that_succeeds_keeps_the_chain_so_max_attempts_holds():
+    pool = make_pool("a", "b", "c", max_attempts=2)
+    first = serve(pool, "ws1", conversation="conv")
+    assert pool.settle(first, LIMITED, NOW, answer_sent=False, transport="websocket").action == failover.RETRY
+    second = serve(pool, "ws2", conversation="conv")
+    assert pool.settle(second, OK, NOW, answer_sent=False, served=False).action == failover.PASS  # the 101
+    assert second.attempt == 2 and pool.chains.get(second.chain) is not None
+    assert pool.settle(second, LIMITED, NOW, answer_sent=False, transport="websocket").action == failover.ANSWER
+
+
 def test_a_websocket_reconnect_continues_its_conversation_chain_and_success_ends_it():
     pool = make_pool("a", "b", "c", max_attempts=3)
     ex = serve(pool, "ws1", conversation="conv")

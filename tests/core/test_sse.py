@@ -616,3 +616,11 @@ def test_the_kept_copy_is_the_first_bytes_of_the_stream_however_it_is_batched(ba
     chunks = split_at(CODEX_STREAM, [37, 300, 301, 900])
     tap, _ = run_tap(chunks, batch_bytes=batch_bytes, keep_bytes=keep)
     assert bytes(tap.kept) == CODEX_STREAM[:keep]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4])
+def test_a_bom_split_across_the_first_chunks_is_still_dropped(cut) -> None:
+    data = b"\xef\xbb\xbfevent: response.completed\ndata: {}\n\n"
+    p = SSEParser()
+    events = p.feed(data[:cut]) + p.feed(data[cut:])
+    assert [(e.event, e.data) for e in events] == [("response.completed", "{}")]

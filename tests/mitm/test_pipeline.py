@@ -2,6 +2,7 @@
 hooks translate flows to the core correctly, log at the right level, and never raise."""
 
 import asyncio
+import inspect
 import json
 import logging
 import runpy
@@ -263,3 +264,36 @@ async def test_the_pipeline_calls_each_part_in_order_sync_when_it_can():
     assert calls == ["a.request", "b.request", "a.response", "c.response"]
     single = FlowPipeline([B()])
     assert single.request.__self__ is single.parts[0]  # one part: mitmproxy calls it directly
+
+
+async def test_a_part_that_raises_or_defers_does_not_stop_or_reorder_the_others(caplog):
+    from codex_pool.mitm.pipeline import Pipeline as FlowPipeline
+
+    calls = []
+
+    class Broken:
+        def response(self, flow):
+            calls.append("broken")
+            raise KeyError("boom")
+
+    class Slow:
+        def response(self, flow):
+            calls.append("slow")
+            return self._later()
+
+        async def _later(self):
+            await asyncio.sleep(0)
+            calls.append("slow done")
+
+    class Last:
+        def response(self, flow):
+            calls.append("last")
+
+    pipeline = FlowPipeline([Broken(), Slow(), Last()])
+    pending = pipeline.response(None)  # sync up to the part that defers
+    assert calls == ["broken", "slow"] and inspect.isawaitable(pending)
+    await pending
+    assert calls == ["broken", "slow", "slow done", "last"]
+    assert any("Broken.response failed" in r.getMessage() and "boom" in r.getMessage() for r in caplog.records)
+    calls.clear()
+    assert FlowPipeline([Last(), Last()]).response(None) is None and calls == ["last", "last"]

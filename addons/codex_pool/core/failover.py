@@ -34,6 +34,7 @@ class Chain:
     tried: list[str] = field(default_factory=list)
     created: float = 0.0
     refreshed: set[str] = field(default_factory=set)  # accounts given a second try after a token refresh
+    conversation: str | None = None  # a WebSocket reconnect of this conversation continues the chain
 
     @property
     def attempt(self) -> int:
@@ -61,9 +62,10 @@ class Chains:
 
     def start(self, first_account: str, conversation: str | None, now: float) -> Chain:
         """A new chain for a request that failed on `first_account` and goes to another one."""
-        chain = Chain(secrets.token_hex(8), [first_account], now)
+        chain = Chain(secrets.token_hex(8), [first_account], now, conversation=conversation)
         self._chains[chain.id] = chain
         if conversation:
+            self._drop(self._by_conversation.get(conversation))  # one chain per conversation
             self._by_conversation[conversation] = chain.id
         while len(self._chains) > MAX_CHAINS:
             self._drop(next(iter(self._chains)))
@@ -80,10 +82,10 @@ class Chains:
     def __len__(self) -> int:
         return len(self._chains)
 
-    def _drop(self, chain_id: str) -> None:
-        self._chains.pop(chain_id, None)
-        for conv in [c for c, i in self._by_conversation.items() if i == chain_id]:
-            del self._by_conversation[conv]
+    def _drop(self, chain_id: str | None) -> None:
+        chain = self._chains.pop(chain_id, None) if chain_id else None
+        if chain is not None and chain.conversation and self._by_conversation.get(chain.conversation) == chain_id:
+            del self._by_conversation[chain.conversation]
 
     def _expire(self, now: float) -> None:
         while self._chains:

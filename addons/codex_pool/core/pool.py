@@ -118,10 +118,11 @@ class Pool:
         return rt.rate_limits if rt else None
 
     def settle(self, exchange: Exchange, verdict: Verdict, now: float, *, answer_sent: bool,
-               transport: str = "http", status: int | None = None) -> Settlement:
+               transport: str = "http", status: int | None = None, served: bool = True) -> Settlement:
         """Fold an upstream outcome into the account's health, then decide what the client gets.
         The one decision path for HTTP answers and WebSocket error frames: chains, `max_attempts`
-        and never the same account twice apply to both."""
+        and never the same account twice apply to both. `served=False` for an answer that does not
+        yet serve the request (a WebSocket upgrade: its first turn does), so an OK keeps the chain."""
         account = exchange.account
         exchange.judged = True
         exchange.outcome = verdict.kind if verdict.kind != "neutral" else "ok"
@@ -129,7 +130,7 @@ class Pool:
         self.note(self.registry.health.apply(account, verdict, now))
         chain = self.chains.get(exchange.chain)
         if not verdict.failed:
-            if chain is not None and verdict.kind == "ok":
+            if chain is not None and verdict.kind == "ok" and served:
                 self.chains.end(chain.id)
             return PASS
         tried = list(chain.tried) if chain is not None else [account]

@@ -25,6 +25,14 @@ def redact(text: str) -> str:
 
 
 CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "cookie", "proxy-authorization"})
+_INITIALS = frozenset(name[0].encode() for name in CLIENT_CREDENTIAL_HEADERS)
+
+
+def may_be_client_credential(raw_name: bytes) -> bool:
+    """A cheap pre-check on a raw header name: False only for names that cannot be a credential
+    (they start with an ASCII letter none of the credential names starts with)."""
+    first = raw_name[:1].lower()
+    return first in _INITIALS or not first.isalpha()
 
 
 def is_client_credential(header_name: str | bytes) -> bool:

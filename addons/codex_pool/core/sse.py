@@ -190,7 +190,7 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Parse the next chunk; returns the events it completed."""
-        if self._first_line and len(data) >= 3:  # a leading BOM is dropped once, here or in _line
+        if self._first_line and not self._pending and len(data) >= 3:  # a leading BOM: here or in _line
             if data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]
             self._first_line = False

@@ -30,7 +30,7 @@ from codex_pool.core.bodies import json_body
 from codex_pool.core.client_home import PLACEHOLDER_ACCOUNT_ID, placeholder_client_auth
 from codex_pool.core.metrics import CONTENT_TYPE
 from codex_pool.core.pool import STEER_ACTIONS, Pool
-from codex_pool.mitm.flows import Deferrals, answer, answer_error, describe_error
+from codex_pool.mitm.flows import answer, answer_error, describe_error
 from codex_pool.mitm.lifecycle import Lifecycle
 
 log = logging.getLogger("codex_pool")
@@ -49,17 +49,19 @@ class LocalEndpoints:
     def __init__(self, pool: Pool, lifecycle: Lifecycle):
         self.pool = pool
         self.lifecycle = lifecycle
-        self.deferrals = Deferrals()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync; the slow endpoints (a rescan, a ledger report) return a coroutine that mitmproxy
+        awaits before the answer goes out (an async hook would cost every flow a coroutine)."""
         if flow.response is not None or flow.error is not None or not paths.is_local(flow.request.path):
-            return
+            return None
         try:
             pending = self.answer(flow)
-            if pending is not None:  # e.g. a rescan: the flow is held until the answer is ready
-                self.deferrals.hold(flow, self._finish(flow, pending), "local endpoint")
+            if pending is not None:
+                return self._finish(flow, pending)
         except Exception as e:
             self._failed(flow, e)
+        return None
 
     async def _finish(self, flow: http.HTTPFlow, pending: Awaitable[None]) -> None:
         try:

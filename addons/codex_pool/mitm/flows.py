@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import traceback
-from collections.abc import Coroutine
-from typing import Any
 
 from mitmproxy import http
 
 from codex_pool.core.bodies import error_body
-from codex_pool.core.redact import is_client_credential, redact
-
-log = logging.getLogger("codex_pool")
+from codex_pool.core.redact import is_client_credential, may_be_client_credential, redact
 
 META = "codex_pool"  # flow.metadata key: a JSON-friendly copy of the flow's Exchange, for saved flows
 
@@ -39,12 +33,12 @@ def drop_client_credentials(headers: http.Headers, add: tuple[tuple[bytes, bytes
     """Remove every header a client may carry its identity in, then append `add`: one pass over the
     raw fields and at most one rebuild (mitmproxy's per-name delete rescans every field)."""
     fields = headers.fields
-    kept = tuple(f for f in fields if f[0][:1].lower() not in _CREDENTIAL_INITIALS or not is_client_credential(f[0]))
+    kept = tuple(f for f in fields if not may_be_client_credential(f[0]) or not is_client_credential(f[0]))
     if add or len(kept) != len(fields):
         headers.fields = kept + add
 
 
-_CREDENTIAL_INITIALS = {b"a", b"c", b"p", b" ", b"\t"}  # first bytes of the credential names (cheap pre-check)
+
 
 
 def lower_headers(headers: http.Headers) -> dict[str, str]:
@@ -78,28 +72,3 @@ def redact_pool_token(flow: http.HTTPFlow, account: str) -> None:
 def describe_error(e: BaseException) -> str:
     """An exception with its traceback, scrubbed of anything that looks like a token."""
     return redact("".join(traceback.format_exception(e)).rstrip())
-
-
-class Deferrals:
-    """Finishing a hook's work asynchronously without making the hook itself async (an async hook
-    costs every flow a coroutine): the flow is held with mitmproxy's `intercept()` — mitmproxy waits
-    for `resume()` before it goes on with the flow — while the work runs as a task."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
-
-    def hold(self, flow: http.HTTPFlow, work: Coroutine[Any, Any, None], what: str) -> None:
-        flow.intercept()
-        task = asyncio.get_running_loop().create_task(self._run(flow, work, what))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _run(flow: http.HTTPFlow, work: Coroutine[Any, Any, None], what: str) -> None:
-        try:
-            await work
-        except Exception as e:  # the work catches its own errors; this is the last guard
-            log.error("codex-pool: %s failed on %s: %s", what, flow.request.path, describe_error(e))
-        finally:
-            if flow.intercepted:
-                flow.resume()

@@ -7,14 +7,23 @@ behind one `Pipeline`, which calls, for each hook, exactly the parts that implem
 the same calls mitmproxy would make, without walking the others. Each part stays a small addon
 class that owns its hooks and state; the pipeline owns nothing but the order.
 
-A part's hook never raises (each catches its own errors and fails closed); should one still raise,
-the pipeline stops there and mitmproxy logs it, as it would for a separate addon.
+Each part is called as mitmproxy would call a separate addon: an exception is logged and the
+next part still runs (mitmproxy's `safecall`; OptionsError and AddonHalt pass through), and a
+hook that returns an awaitable — the parts' way to do rare slow work, such as a token refresh,
+without costing every flow a coroutine — is awaited before the next part runs.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Sequence
+
+from mitmproxy import exceptions
+
+from codex_pool.mitm.flows import describe_error
+
+log = logging.getLogger("codex_pool")
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error",
               "websocket_start", "websocket_message", "websocket_end")
@@ -36,15 +45,46 @@ class Pipeline:
 def _fan_out(calls: list[Callable]) -> Callable:
     if len(calls) == 1:
         return calls[0]  # nothing to fan out: mitmproxy calls the part itself
-    if not any(inspect.iscoroutinefunction(c) for c in calls):
-        def hook(*args):
+    if any(inspect.iscoroutinefunction(c) for c in calls):
+        async def async_hook(*args):
             for call in calls:
-                call(*args)
-        return hook
+                await _await(_call(call, args), call)
+        return async_hook
 
-    async def async_hook(*args):
-        for call in calls:
-            result = call(*args)
-            if result is not None:
-                await result
-    return async_hook
+    def hook(*args):
+        for i, call in enumerate(calls):
+            result = _call(call, args)
+            if result is not None and inspect.isawaitable(result):
+                return _rest(result, call, calls[i + 1:], args)  # mitmproxy awaits it
+        return None
+    return hook
+
+
+def _call(call: Callable, args: tuple):
+    try:
+        return call(*args)
+    except (exceptions.OptionsError, exceptions.AddonHalt):
+        raise
+    except Exception as e:
+        log.error("codex-pool: %s failed: %s", _name(call), describe_error(e))
+        return None
+
+
+async def _await(result, call: Callable) -> None:
+    if result is None or not inspect.isawaitable(result):
+        return
+    try:
+        await result
+    except Exception as e:
+        log.error("codex-pool: %s failed: %s", _name(call), describe_error(e))
+
+
+async def _rest(pending, call: Callable, rest: list[Callable], args: tuple) -> None:
+    await _await(pending, call)
+    for later in rest:
+        await _await(_call(later, args), later)
+
+
+def _name(call: Callable) -> str:
+    owner = getattr(call, "__self__", None)
+    return f"{type(owner).__name__}.{call.__name__}" if owner is not None else getattr(call, "__name__", repr(call))

@@ -5,16 +5,17 @@ for the finished exchange (ledger, metrics, flow comment)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
 from codex_pool.core import failover, ledger, quota
 from codex_pool.core.exchange import Exchange
-from codex_pool.core.outcome import classify_http, classify_transport_error, stream_verdict
+from codex_pool.core.outcome import Verdict, classify_http, classify_transport_error, stream_verdict
 from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, Deferrals, answer_error, codex_headers, describe_error, is_upgrade, redact_pool_token
+from codex_pool.mitm.flows import META, answer_error, codex_headers, describe_error, is_upgrade, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -25,7 +26,6 @@ class Verdicts:
     def __init__(self, pool: Pool, tokens: TokenService):
         self.pool = pool
         self.tokens = tokens
-        self.deferrals = Deferrals()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)
@@ -44,7 +44,9 @@ class Verdicts:
         except Exception as e:
             log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe_error(e))
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync for every answer but a 401: that one returns the refresh-then-settle coroutine, which
+        mitmproxy awaits before the answer goes on (an async hook would cost every flow a coroutine)."""
         exchange = self.pool.exchanges.get(flow.id)
         if exchange is None or flow.response is None or exchange.judged:
             return
@@ -66,27 +68,41 @@ class Verdicts:
                 body = response.get_content(strict=False) if response.status_code >= 400 else None
                 verdict = classify_http(response.status_code, response.headers, body, now,
                                         self.pool.latest_limits(exchange.account))
-            if self.tokens.may_recover(verdict):  # a 401: refresh first (held until it is done)
-                self.deferrals.hold(flow, self._recover_then_settle(flow, exchange, verdict, tap, now), "401 recovery")
-                return
+            if self.tokens.may_recover(verdict):  # a 401: refresh first, then judge
+                return self._recover_then_settle(flow, exchange, verdict, tap)
             self._settle(flow, exchange, verdict, tap, now)
         except Exception as e:
-            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
+            self._fail_safe(flow, exchange, tap, e)
+        return None
 
-    async def _recover_then_settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict, tap: SSETap | None,
-                                   now: float) -> None:
+    async def _recover_then_settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict,
+                                   tap: SSETap | None) -> None:
         try:
             verdict = await self.tokens.recover_unauthorized(exchange, verdict)
-            self._settle(flow, exchange, verdict, tap, now)
+            self._settle(flow, exchange, verdict, tap, self.pool.now())  # the clock after the wait
         except Exception as e:
-            log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
+            self._fail_safe(flow, exchange, tap, e)
 
-    def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict, tap: SSETap | None, now: float) -> None:
+    def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict, tap: SSETap | None, now: float) -> None:
         upstream_status = flow.response.status_code
-        settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status)
+        settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status,
+                                      served=not is_upgrade(flow))
         self._deliver(flow, exchange, settlement, upstream_status)
         if flow.websocket is None:
             self._close(flow, exchange, tap.observer if tap is not None else None)
+
+    def _fail_safe(self, flow: http.HTTPFlow, exchange: Exchange, tap: SSETap | None, e: Exception) -> None:
+        """Our own code failed on an answer: an account's failure never reaches the client as is
+        (answered 503 unless it already streamed), and the exchange is closed all the same."""
+        log.error("codex-pool: response hook failed on %s: %s", flow.request.path, describe_error(e))
+        try:
+            if tap is None and flow.response is not None and flow.response.status_code >= 400:
+                answer_error(flow, 503, "internal_error", "proxy_internal_error",
+                             f"codex-pool failed while judging the upstream answer ({type(e).__name__}); retry")
+                flow.response.headers["retry-after"] = "1"
+        finally:
+            if flow.websocket is None:
+                self.pool.close_exchange(flow.id)
 
     def error(self, flow: http.HTTPFlow) -> None:
         exchange = self.pool.exchanges.get(flow.id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
@@ -16,7 +17,7 @@ from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
 from codex_pool.core.outcome import classify_ws_error, stream_verdict
 from codex_pool.core.pool import Pool
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, Deferrals, describe_error
+from codex_pool.mitm.flows import META, describe_error
 from codex_pool.mitm.verdicts import absorb_rate_limits
 from codex_pool.upstream.tokens import TokenService
 
@@ -31,9 +32,10 @@ class WebSocketTurns:
     def __init__(self, pool: Pool, tokens: TokenService):
         self.pool = pool
         self.tokens = tokens
-        self.deferrals = Deferrals()
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync for every frame but an upstream error frame: that one returns the judge-and-rewrite
+        coroutine (it may need a token refresh), which mitmproxy awaits before forwarding the frame."""
         exchange = self.pool.exchanges.get(flow.id)
         if exchange is None or flow.websocket is None:
             return
@@ -54,12 +56,12 @@ class WebSocketTurns:
                 turn.first_at = self.pool.now()
             seen_limits = len(observer.rate_limits)
             observer.observe_json(message.content)
-            if observer.error is not None and not turn.judged:  # held until judged (it may need a refresh)
-                self.deferrals.hold(flow, self._judge_error_frame(flow, exchange, turn, message), "error frame")
-                return
+            if observer.error is not None and not turn.judged:
+                return self._judge_error_frame(flow, exchange, turn, message)
             self._after_frame(flow, exchange, turn, seen_limits)
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
+        return None
 
     def _after_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, seen_limits: int) -> None:
         observer = turn.observer
@@ -96,7 +98,9 @@ class WebSocketTurns:
         frame = turn.observer.error
         turn.judged = True
         verdict = classify_ws_error(frame, now, self.pool.latest_limits(exchange.account))
-        verdict = await self.tokens.recover_unauthorized(exchange, verdict)
+        if self.tokens.may_recover(verdict):
+            verdict = await self.tokens.recover_unauthorized(exchange, verdict)
+            now = self.pool.now()  # the clock after the wait
         settlement = self.pool.settle(exchange, verdict, now, answer_sent=False, transport="websocket",
                                       status=frame.get("status"))
         if settlement.action == failover.PASS:
