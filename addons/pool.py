@@ -4,8 +4,8 @@
         --set connection_strategy=lazy --set pool_config=mitm.yaml
 
 The pipeline, one small addon per concern (as mitmproxy's own default_addons() lists its own),
-all sharing one explicit `Pool`. Hooks run in list order. The flow addons sit behind one
-`Pipeline` entry, so mitmproxy walks one addon instead of six on every event (mitm/pipeline.py).
+all sharing one explicit `Pool`. Hooks run in list order. They sit behind one `Pipeline` entry,
+so mitmproxy walks one addon instead of nine on every event (mitm/pipeline.py).
 """
 
 import time
@@ -28,15 +28,15 @@ tokens = TokenService(pool)
 lifecycle = Lifecycle(pool, tokens)
 
 addons = [
-    lifecycle,  # the pool_config option, mitm.yaml → pool, background services
-    CodexStreamView(),  # the "Codex stream" content view in mitmweb
     Pipeline([
+        lifecycle,  # the pool_config option, mitm.yaml → pool, background services
+        CodexStreamView(),  # the "Codex stream" content view in mitmweb
         CredentialGuard(),  # requestheaders: client credentials never go upstream; refuses unsafe settings
         LocalEndpoints(pool, lifecycle),  # request: /healthz, /metrics, /admin/*, accounts/check, /oauth/token
         ModelsCache(pool),  # request: a recent models list answered locally; response: keep a copy
         Routing(pool),  # request: account + credentials, or an honest local answer
         Verdicts(pool, tokens),  # responseheaders/response/error: stream tap, failover, ledger
         WebSocketTurns(pool, tokens),  # websocket_message/_end: turns, error frames, ledger
+        Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts
     ]),
-    Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts
 ]

@@ -1,11 +1,11 @@
-"""The flow addons as one entry in mitmproxy's addon chain.
+"""All of codex-pool's addons as one entry in mitmproxy's addon chain.
 
 mitmproxy walks every addon of its chain on every event (measured on 12.3: about 1.3 µs per addon
-per event, four events per request, whether the addon implements the hook or not). The flow
-addons (guard, local endpoints, models cache, routing, verdicts, WebSocket turns) therefore sit
-behind one `Pipeline`, which calls, for each hook, exactly the parts that implement it, in order —
-the same calls mitmproxy would make, without walking the others. Each part stays a small addon
-class that owns its hooks and state; the pipeline owns nothing but the order.
+per event, whether the addon implements the hook or not; a request has at least four events). So
+the addons listed in addons/pool.py sit behind one `Pipeline`, which calls, for each hook,
+exactly the parts that implement it, in list order — the calls mitmproxy would make, without
+walking the others. Each part stays a small addon class that owns its hooks and state; the
+pipeline owns nothing but the order. Parts' options and commands are registered in `load`.
 
 Each part is called as mitmproxy would call a separate addon: an exception is logged and the
 next part still runs (mitmproxy's `safecall`; OptionsError and AddonHalt pass through), and a
@@ -27,7 +27,7 @@ log = logging.getLogger("codex_pool")
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error",
               "websocket_start", "websocket_message", "websocket_end")
-LIFECYCLE_HOOKS = ("load", "configure", "running", "done")
+LIFECYCLE_HOOKS = ("configure", "running", "done")  # load: see Pipeline.load
 
 
 class Pipeline:
@@ -37,6 +37,15 @@ class Pipeline:
             calls = [getattr(p, name) for p in self.parts if callable(getattr(p, name, None))]
             if calls:
                 setattr(self, name, _fan_out(calls))
+
+    def load(self, loader) -> None:
+        """Each part's load (options, the content view), then its mitmproxy commands: mitmproxy
+        collects commands only from the addons it walks, and it walks only the pipeline."""
+        for part in self.parts:
+            load = getattr(part, "load", None)
+            if callable(load):
+                load(loader)
+            loader.master.commands.collect_commands(part)
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(type(p).__name__ for p in self.parts)})"
