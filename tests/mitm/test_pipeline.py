@@ -221,6 +221,34 @@ async def test_steering_commands_share_the_admin_path(pool, pipeline):
 
     with pytest.raises(exceptions.CommandError, match="no pool account 'nobody'"):
         commands.execute("codex_pool.pin nobody")
+    write_auth(pool / "pool", "third", make_auth("acct-third"))
+    commands.execute("codex_pool.reload")  # a rescan in the background
+    for _ in range(200):
+        if "third" in pipeline.pool.registry.accounts:
+            break
+        await asyncio.sleep(0.01)
+    assert "third" in pipeline.pool.registry.accounts
+
+
+@pytest.mark.parametrize("by_client,code,outcome", [
+    (True, 1000, "client_cancelled"), (True, 1006, "connection_error"), (False, 1011, "connection_error"),
+])
+async def test_a_socket_that_ends_mid_turn_records_who_ended_it(pool, pipeline, by_client, code, outcome):
+    write_auth(pool / "pool", "good", make_auth("acct-good"))
+    await pipeline.lifecycle.rescan()
+    records = []
+    pipeline.pool.ledger = type("Sink", (), {"record": lambda self, r: records.append(r)})()
+    ws = tflow.twebsocketflow()
+    ws.request.path = "/backend-api/codex/responses"
+    ws.websocket.messages.clear()
+    upgrade, ws.response = ws.response, None
+    await pipeline.hook("request", ws)
+    ws.response = upgrade
+    ws.websocket.messages.append(websocket.WebSocketMessage(1, True, b'{"type":"response.create","model":"m"}'))
+    await pipeline.hook("websocket_message", ws)
+    ws.websocket.closed_by_client, ws.websocket.close_code = by_client, code  # 1006: no close frame (idle timeout)
+    await pipeline.hook("websocket_end", ws)
+    assert [(r["kind"], r["outcome"]) for r in records] == [("ws_turn", outcome)]
 
 
 @pytest.mark.parametrize("host,password,refused", [

@@ -229,3 +229,20 @@ async def test_keeper_does_not_refresh_again_right_after_a_success(tmp_path):
     assert keeper.due({"alice": soon}, NOW + 301) != []
     expired = replace(fresh, access_expires_at=NOW + 5)
     assert keeper.due({"alice": expired}, NOW + 10) != []  # expired: no waiting
+
+
+async def test_an_account_that_leaves_the_pool_leaves_no_retry_state(tmp_path):
+    from codex_pool.core.pool import Pool
+    from codex_pool.core.pool_scan import PoolScan
+    from codex_pool.upstream.tokens import TokenService
+
+    a = account(tmp_path, exp=NOW + 60)
+    pool = Pool(clock=lambda: NOW)
+    pool.registry.apply_scan(PoolScan(accounts={"alice": a}), NOW)
+    tokens = TokenService(pool)
+    tokens.keeper = TokenKeeper(refresher_for(TokenServer(status=503)), margin=3600)
+    await tokens.refresh_account("alice", "proactive_expiry")
+    assert tokens.due(NOW + 1) == []  # backing off after the failure
+    tokens.forget("alice")  # what the lifecycle does for every removed pool file
+    assert "alice" not in tokens.keeper._retry
+    assert tokens.due(NOW + 1) == [("alice", "proactive_expiry")]  # a file put back starts afresh

@@ -47,7 +47,6 @@ class PoolMetrics:
                                  ["reason"], registry=self.registry)
         self.refreshes = Counter("codex_pool_token_refreshes", "Token refreshes by account and result.",
                                  ["account", "result"], registry=self.registry)
-        self._snapshot = snapshot
         self._children: dict[tuple, Any] = {}  # labelled series, looked up once (labels() is not cheap)
         if snapshot is not None:
             if clock is None:
