@@ -121,6 +121,24 @@ def test_segment_rollover(tmp_path):
     assert [r["attempt"] for r in store.query(None, None)] == [*range(3), *range(10, 14), *range(20, 29)]
 
 
+def test_rolling_over_reads_no_segment_back(tmp_path, monkeypatch):
+    """A flush that fills a segment and starts the next reads nothing from disk: the full one is
+    known to be full, the new one known not to exist yet (re-reading cost a JSON parse of a whole
+    segment per rollover)."""
+    store = LedgerStore(tmp_path, segment_records=5)
+    assert store.open(now=NOW) == []
+    t = ts("2026-11-21T01:00:00")
+    store.append([rec(t + i, i) for i in range(3)])
+
+    def no_read(*a, **k):
+        raise AssertionError("read a segment back")
+    monkeypatch.setattr(Path, "read_bytes", no_read)
+    store.append([rec(t + 10 + i, 10 + i) for i in range(14)])  # fills 0001, writes 0002 and 0003, starts 0004
+    store.append([rec(t + 30, 30)])
+    monkeypatch.undo()
+    assert [len(load(tmp_path / n)) for n in names(tmp_path)] == [5, 5, 5, 3]
+
+
 def test_a_new_store_continues_the_newest_segment(tmp_path):
     t = ts("2026-11-21T01:00:00")
     a = LedgerStore(tmp_path, segment_records=4)

@@ -46,6 +46,9 @@ LOCK_NAME = ".lock"
 DEFAULT_TABLE = "_default"
 CORRUPT_MARK = ".corrupt-"
 MAX_WARNINGS = 200
+# Records per segment. A flush rewrites the current segment, so this bounds what one flush costs
+# at low request rates (measured: 500 costs about a third of 2,000 per record at 50 requests/s).
+SEGMENT_RECORDS = 500
 DAY_SECONDS = 86400.0
 
 _SEGMENT_RE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.(\d{4,})\.json$")
@@ -176,6 +179,11 @@ class AtomicJSONStorage(Storage):
     def close(self) -> None:
         self._data, self._sig, self._known = None, None, False
 
+    def starts_absent(self) -> None:
+        """A file about to be created: known not to exist yet, so asking whether it changed does not
+        read it (it has changed if someone else created it meanwhile)."""
+        self._data, self._sig, self._known = None, None, True
+
 
 # --- names -------------------------------------------------------------------------------------
 
@@ -248,7 +256,7 @@ class LedgerStore:
     read-only and take no lock.
     """
 
-    def __init__(self, folder: Path, segment_records: int = 2000, *, open_days: int = 3):
+    def __init__(self, folder: Path, segment_records: int = SEGMENT_RECORDS, *, open_days: int = 3):
         if segment_records < 1:
             raise ValueError("segment_records must be at least 1")
         self.folder = Path(folder)
@@ -313,19 +321,22 @@ class LedgerStore:
 
     # -- opening segments --
 
-    def _open_latest(self, day: str) -> tuple[_Segment, str | None]:
+    def _open_latest(self, day: str, full: int | None = None) -> tuple[_Segment, str | None]:
         """The day's newest segment, checked readable; an unreadable one is moved aside and a fresh
-        segment started (the warning is returned). A full newest segment is left for a new one."""
+        segment started (the warning is returned). A full newest segment is left for a new one;
+        `full` names one the caller just filled, which is then not read again."""
         valid, highest = self._numbers(day)
         warning = None
-        if valid and valid[-1] == highest:  # (a newer one moved aside as corrupt: start afresh)
+        if valid and valid[-1] == highest and highest != full:  # (a newer one moved aside as corrupt: start afresh)
             seg = self._segment(day, highest)
             try:
                 if len(seg) < self.segment_records:
                     return seg, None
             except LedgerFileError as e:
                 warning = self._set_aside(seg, e, highest + 1)
-        return self._segment(day, highest + 1), warning
+        fresh = self._segment(day, highest + 1)
+        fresh.storage.starts_absent()
+        return fresh, warning
 
     def _set_aside(self, seg: _Segment, error: LedgerFileError, next_number: int) -> str:
         self._forget(seg.day)
@@ -394,13 +405,19 @@ class LedgerStore:
         `self.warnings`, and the records go to a fresh segment.
         """
         by_day: dict[str, list[dict[str, Any]]] = {}
+        day, day_start, day_end, same_day = "", 0.0, -1.0, None  # the last record's day and its bounds
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise ValueError(f"record {i}: expected a dict, got {type(rec).__name__}")
             ts = rec.get("ts")
             if not _is_ts(ts) or not _TS_MIN <= ts <= _TS_MAX:
                 raise ValueError(f"record {i}: 'ts' must be a unix time in seconds, got {ts!r}")
-            by_day.setdefault(day_of(ts), []).append(rec)
+            if not day_start <= ts < day_end:  # a batch is mostly one day: name it once
+                day = day_of(ts)
+                day_start = _day_start(day)
+                day_end = day_start + DAY_SECONDS
+                same_day = by_day.setdefault(day, [])
+            same_day.append(rec)
         if not by_day:
             return
         days = sorted(by_day)
@@ -414,7 +431,7 @@ class LedgerStore:
                             free = self.segment_records - len(seg)
                             if free <= 0:
                                 self._forget(day)
-                                seg, warning = self._open_latest(day)
+                                seg, warning = self._open_latest(day, full=seg.number)
                                 if warning:
                                     self._warn(warning)
                                 self._segments[day] = seg
