@@ -4,16 +4,23 @@ Counters and histograms are fed from the same events as the ledger (one call per
 failover and refresh); per-account and pool gauges are computed at scrape time from the live
 state, so an account that leaves the pool leaves the output too. Labels are bounded: account
 names, kinds, status classes, reasons — never conversation ids. No mitmproxy imports.
+
+The request path only adds numbers to plain dicts (`_Tally`, `_Histogram`): a prometheus_client
+Counter or Histogram takes a lock per increment and a labels() lookup per series, which on a
+forwarded request costs more than the rest of its accounting. prometheus_client still writes the
+exposition format, from families built at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from codex_pool.core.health import COOLING, DISABLED, LIMITED, USABLE
 
@@ -23,10 +30,62 @@ TOKEN_TYPES = (("input_tokens", "input"), ("cached_input_tokens", "cached_input"
 TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_SERIES = 10_000  # label values are bounded, but never let a family grow unchecked
 
 
 def status_class(status: int | None) -> str:
     return f"{status // 100}xx" if isinstance(status, int) and 100 <= status < 600 else "none"
+
+
+class _Tally:
+    """A counter family: value by label values."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]):
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        values = self.values
+        if labels in values:
+            values[labels] += amount
+        elif len(values) < MAX_SERIES:
+            values[labels] = amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labels)
+        for labels, value in list(self.values.items()):  # a copy: a scrape never races an increment
+            family.add_metric(labels, value)
+        return family
+
+
+class _Histogram:
+    """A histogram family with one label: per label value, the count in each bucket (not yet
+    cumulative; the last one is +Inf) and the sum."""
+
+    def __init__(self, name: str, doc: str, label: str, bounds: tuple[float, ...]):
+        self.name, self.doc, self.label = name, doc, label
+        self.bounds = tuple(float(b) for b in bounds)
+        self.series: dict[str, list[float]] = {}  # label value -> [bucket counts..., +Inf count, sum]
+
+    def observe(self, label: str, value: float) -> None:
+        series = self.series.get(label)
+        if series is None:
+            if len(self.series) >= MAX_SERIES:
+                return
+            series = self.series[label] = [0.0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, value)] += 1  # le: a value equal to a bound is in its bucket
+        series[-1] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        for label, series in list(self.series.items()):
+            counts, total = series[:-1], series[-1]
+            buckets, running = [], 0.0
+            for bound, count in zip((*self.bounds, float("inf")), counts):
+                running += count
+                buckets.append((floatToGoString(bound), running))
+            family.add_metric([label], buckets, total)
+        return family
 
 
 class PoolMetrics:
@@ -35,54 +94,60 @@ class PoolMetrics:
         """`snapshot(now)` returns {"accounts": [{name, state, usable, in_flight, primary, secondary}],
         "sticky": n} for the scrape-time gauges; `clock()` gives that `now`."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("codex_pool_requests", "Requests that reached upstream, by account, kind and status class.",
-                                ["account", "kind", "status_class"], registry=self.registry)
-        self.tokens = Counter("codex_pool_tokens", "Tokens reported by upstream in response.completed, by account and type.",
-                              ["account", "type"], registry=self.registry)
-        self.ttfb = Histogram("codex_pool_upstream_ttfb_seconds", "Time from sending a request upstream to its first byte.",
-                              ["kind"], buckets=TTFB_BUCKETS, registry=self.registry)
-        self.duration = Histogram("codex_pool_upstream_duration_seconds", "Duration of upstream exchanges (turns included).",
-                                  ["kind"], buckets=DURATION_BUCKETS, registry=self.registry)
-        self.failovers = Counter("codex_pool_failovers", "Requests sent to another account, by the first account's failure.",
-                                 ["reason"], registry=self.registry)
-        self.refreshes = Counter("codex_pool_token_refreshes", "Token refreshes by account and result.",
-                                 ["account", "result"], registry=self.registry)
-        self._children: dict[tuple, Any] = {}  # labelled series, looked up once (labels() is not cheap)
+        self.requests = _Tally("codex_pool_requests", "Requests that reached upstream, by account, kind and status class.",
+                               ("account", "kind", "status_class"))
+        self.tokens = _Tally("codex_pool_tokens", "Tokens reported by upstream in response.completed, by account and type.",
+                             ("account", "type"))
+        self.ttfb = _Histogram("codex_pool_upstream_ttfb_seconds", "Time from sending a request upstream to its first byte.",
+                               "kind", TTFB_BUCKETS)
+        self.duration = _Histogram("codex_pool_upstream_duration_seconds",
+                                   "Duration of upstream exchanges (turns included).", "kind", DURATION_BUCKETS)
+        self.failovers = _Tally("codex_pool_failovers", "Requests sent to another account, by the first account's failure.",
+                                ("reason",))
+        self.refreshes = _Tally("codex_pool_token_refreshes", "Token refreshes by account and result.", ("account", "result"))
+        self.registry.register(_CountedCollector((self.requests, self.tokens, self.ttfb, self.duration,
+                                                  self.failovers, self.refreshes)))
         if snapshot is not None:
             if clock is None:
                 raise ValueError("PoolMetrics: a snapshot needs a clock")
             self.registry.register(_LiveCollector(snapshot, clock))
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            if len(self._children) > 10_000:  # label values are bounded, but never let this grow unchecked
-                self._children.clear()
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
     def observe_record(self, record: dict[str, Any]) -> None:
         """One ledger record (a request, or one WebSocket turn)."""
         account, kind = record.get("account") or "?", record.get("kind") or "other"
-        self._child(self.requests, account, kind, status_class(record.get("status"))).inc()
+        self.requests.inc((account, kind, status_class(record.get("status"))))
         for field, name in TOKEN_TYPES:
-            value = record.get(field) or 0
-            if value > 0:
-                self._child(self.tokens, account, name).inc(value)
-        if isinstance(record.get("ttfb_ms"), (int, float)) and record["ttfb_ms"] >= 0:
-            self._child(self.ttfb, kind).observe(record["ttfb_ms"] / 1000)
-        if isinstance(record.get("duration_ms"), (int, float)) and record["duration_ms"] >= 0:
-            self._child(self.duration, kind).observe(record["duration_ms"] / 1000)
+            value = record.get(field)
+            if value and value > 0:
+                self.tokens.inc((account, name), value)
+        ttfb_ms = record.get("ttfb_ms")
+        if isinstance(ttfb_ms, (int, float)) and ttfb_ms >= 0:
+            self.ttfb.observe(kind, ttfb_ms / 1000)
+        duration_ms = record.get("duration_ms")
+        if isinstance(duration_ms, (int, float)) and duration_ms >= 0:
+            self.duration.observe(kind, duration_ms / 1000)
 
     def failover(self, reason: str) -> None:
-        self._child(self.failovers, reason).inc()
+        self.failovers.inc((reason,))
 
     def refresh(self, account: str, result: str) -> None:
-        self._child(self.refreshes, account, result).inc()
+        self.refreshes.inc((account, result))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CountedCollector:
+    """The counters and histograms, as families at each scrape."""
+
+    def __init__(self, families: tuple[_Tally | _Histogram, ...]):
+        self.families = families
+
+    def describe(self) -> Iterable:
+        return []
+
+    def collect(self) -> Iterable:
+        return [f.family() for f in self.families]
 
 
 class _LiveCollector:
