@@ -29,3 +29,14 @@ def test_the_fast_path_never_skips_what_a_full_scan_would_redact(text):
     full = mod._KEYED.sub(r"\1[redacted]", mod._REFRESH.sub("[redacted-refresh-token]",
                           mod._BEARER.sub(r"\1[redacted]", mod._JWT.sub("[redacted-jwt]", text))))
     assert redact(text) == full
+
+
+def test_the_first_byte_shortcut_never_skips_a_credential_name():
+    from codex_pool.core.redact import CANNOT_BE_CREDENTIAL, CLIENT_CREDENTIAL_HEADERS
+
+    for name in CLIENT_CREDENTIAL_HEADERS:
+        for variant in (name, name.upper(), name.title(), name.replace("-", "_"), " " + name):
+            raw = variant.encode()
+            assert is_client_credential(raw)
+            assert raw[:1] not in CANNOT_BE_CREDENTIAL, variant
+    assert b"u" in CANNOT_BE_CREDENTIAL and b"H" in CANNOT_BE_CREDENTIAL  # user-agent, Host: skipped cheaply

@@ -153,3 +153,20 @@ def test_all_disabled_says_why_and_what_to_do():
     reg.health.apply("a", Verdict("auth", "unauthorized", disable_as="reauth_required"), now)
     answer = Router(reg, "fill_first", 60).route(None, now)
     assert answer.status == 503 and "disabled (reauth_required)" in answer.message and "replace a.json" in answer.message
+
+
+def test_is_usable_agrees_with_unusable_reason_in_every_state():
+    from codex_pool.core.health import COOLING, DISABLED, LIMITED
+
+    reg = registry("ok", "old", "cool", "cooled", "lim", "off", expired=("old",))
+    now = time.time()
+    for name, state, until in (("cool", COOLING, now + 60), ("cooled", COOLING, now - 1), ("lim", LIMITED, now + 60),
+                               ("off", DISABLED, None)):
+        h = reg.health.get(name)
+        h.state, h.until, h.reason = state, until, "manual" if state == DISABLED else "test"
+    seen = {}
+    for name in ("ok", "old", "cool", "cooled", "lim", "off", "missing"):
+        assert reg.is_usable(name, now) == (reg.unusable_reason(name, now) is None), name
+        seen[name] = reg.is_usable(name, now)
+    assert seen == {"ok": True, "old": False, "cool": False, "cooled": True, "lim": False, "off": False, "missing": False}
+    assert reg.usable_names(now) == ["cooled", "ok"]

@@ -68,7 +68,10 @@ class AccountRegistry:
         return events
 
     def rt(self, name: str) -> Runtime:
-        return self.runtime.setdefault(name, Runtime())
+        rt = self.runtime.get(name)
+        if rt is None:  # not setdefault: that would build a Runtime on every call
+            rt = self.runtime[name] = Runtime()
+        return rt
 
     def unusable_reason(self, name: str, now: float) -> str | None:
         account = self.accounts.get(name)
@@ -87,21 +90,21 @@ class AccountRegistry:
             return f"{h.state} until {iso(h.until)} ({h.reason})"
         return None
 
+    def is_usable(self, name: str, now: float) -> bool:
+        """`unusable_reason(name, now) is None`, without building the reason (the request path)."""
+        account = self.accounts.get(name)
+        return account is not None and not account.expired(now) and self.health.usable(name, now)
+
     def usable_names(self, now: float) -> list[str]:
-        return [n for n in sorted(self.accounts) if self.unusable_reason(n, now) is None]
+        return [n for n in sorted(self.accounts) if self.is_usable(n, now)]
 
     def candidates(self, now: float, last_picked: dict[str, float]) -> list[Candidate]:
-        """Usable accounts for selection; `last_picked` is the caller's own LRU record."""
+        """Usable accounts for selection, by name; `last_picked` is the caller's own LRU record."""
+        runtime = self.runtime
         out = []
         for name in self.usable_names(now):
-            rt = self.runtime.get(name)
-            out.append(
-                Candidate(
-                    name=name,
-                    last_used=last_picked.get(name, 0.0),
-                    headroom=rt.quota.effective_headroom(now) if rt else None,
-                )
-            )
+            rt = runtime.get(name)
+            out.append(Candidate(name, last_picked.get(name, 0.0), rt.quota.effective_headroom(now) if rt else None))
         return out
 
     def record_rate_limits(self, name: str, limits: RateLimits) -> None:

@@ -4,7 +4,7 @@ after that; `to_dict()` is the JSON-friendly copy left on the flow for saved flo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from codex_pool.core.turn import TurnObserver
@@ -32,6 +32,7 @@ class Exchange:
     attempt: int = 1  # 1 = first try; a failover chain counts up
     chain: str | None = None  # the failover chain this request belongs to, once there is one
     tried: tuple[str, ...] = ()  # accounts the chain had already tried before this one
+    upgrade: bool = False  # a WebSocket upgrade request
     in_flight: bool = True
     judged: bool = False  # the upstream answer has been classified and folded into health
     recorded: bool = False  # the ledger record has been written
@@ -51,7 +52,7 @@ class Exchange:
 
     def to_dict(self) -> dict[str, Any]:
         """A shallow JSON-friendly copy (once per flow, on the request path: no deep copy)."""
-        d = {name: getattr(self, name) for name in _SAVED if getattr(self, name) is not None}
+        d = {name: value for name, value in self.__dict__.items() if value is not None and name != "ws_turn"}
         d["tried"] = list(self.tried)
         return d
 
@@ -64,5 +65,3 @@ def outcome_label(*, failed_over: bool, cancelled: bool, reason: str | None) -> 
         return "client_cancelled"
     return reason or "ok"
 
-
-_SAVED = tuple(f.name for f in fields(Exchange) if f.name != "ws_turn")

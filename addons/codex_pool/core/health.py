@@ -57,7 +57,10 @@ class HealthBook:
         self._health: dict[str, Health] = {}
 
     def get(self, name: str) -> Health:
-        return self._health.setdefault(name, Health())
+        h = self._health.get(name)
+        if h is None:
+            h = self._health[name] = Health()
+        return h
 
     def peek(self, name: str) -> Health:
         return self._health.get(name) or Health()

@@ -89,13 +89,14 @@ class Pool:
 
     # ---- one exchange ----------------------------------------------------------------------
 
-    def open_exchange(self, flow_id: str, route: Route, chain: failover.Chain | None, kind: str, token: str) -> Exchange:
-        """A routed request is about to go upstream on `route.account`."""
+    def open_exchange(self, flow_id: str, route: Route, chain: failover.Chain | None, kind: str, token: str,
+                      upgrade: bool = False) -> Exchange:
+        """A routed request is about to go upstream on `route.account` (`upgrade`: a WebSocket one)."""
         name = route.account.name
         exchange = Exchange(
             account=name, reason=route.reason, conversation=route.conversation, pinned_to=route.pinned_to,
             kind=kind, token=token, attempt=chain.attempt if chain else 1, chain=chain.id if chain else None,
-            tried=tuple(chain.tried) if chain else (),
+            tried=tuple(chain.tried) if chain else (), upgrade=upgrade,
         )
         if chain is not None:
             chain.tried.append(name)

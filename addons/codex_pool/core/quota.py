@@ -103,6 +103,8 @@ def _window(used: Any, minutes: Any, reset_at: Any) -> Window | None:
 
 def from_headers(headers: Mapping[str, str], now: float) -> RateLimits | None:
     """From `x-codex-*` response headers (names compared case-insensitively by the mapping)."""
+    if not headers:
+        return None  # most answers carry none
     def get(name: str) -> str | None:
         return headers.get(name)
 

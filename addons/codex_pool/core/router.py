@@ -19,7 +19,7 @@ from codex_pool.core.selection import choose
 from codex_pool.core.stickiness import StickyMap
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Route:
     account: Account
     reason: str  # "pinned" | "sticky" | "standin" | "repinned" | policy name
@@ -79,11 +79,13 @@ class Router:
     def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
         pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
         if (pin_of_conversation is not None and self.pinned is None and pin_of_conversation not in exclude
-                and self.registry.unusable_reason(pin_of_conversation, now) is None):
+                and self.registry.is_usable(pin_of_conversation, now)):
             return self._serve(pin_of_conversation, "sticky", conversation, None, now)  # the common case, cheaply
         lane = self._lanes["conversation" if conversation else "keyless"]
-        candidates = [c for c in self.registry.candidates(now, lane.last_picked) if c.name not in exclude]
-        usable = {c.name for c in candidates}
+        candidates = self.registry.candidates(now, lane.last_picked)
+        if exclude:
+            candidates = [c for c in candidates if c.name not in exclude]
+        usable = {c.name for c in candidates} if pin_of_conversation is not None or self.pinned is not None else ()
         standin_for = None
         if pin_of_conversation is not None and pin_of_conversation not in usable:
             if self.keeps_pin(pin_of_conversation, now):

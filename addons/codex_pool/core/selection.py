@@ -13,25 +13,22 @@ Order of precedence: a pinned account (while usable), then the conversation's st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 HEADROOM_BAND = 10.0
 UNKNOWN_FLOOR = 50.0
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A usable account as selection sees it."""
+class Candidate(NamedTuple):
+    """A usable account as selection sees it (a tuple: one is built per account per request)."""
 
     name: str
     last_used: float = 0.0  # unix seconds; 0 = never
     headroom: float | None = None  # percent left in the tightest known window
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     name: str
     reason: str  # "pinned" | "sticky" | the policy name
 
@@ -47,25 +44,26 @@ def choose(
     """Pick an account among `candidates` (usable accounts only); None when there are none."""
     if not candidates:
         return None
-    names = {c.name for c in candidates}
-    if pinned is not None and pinned in names:
-        return Choice(pinned, "pinned")
-    if sticky is not None and sticky in names:
-        return Choice(sticky, "sticky")
-    ordered = sorted(candidates, key=lambda c: c.name)
+    if pinned is not None or sticky is not None:
+        names = {c.name for c in candidates}
+        if pinned is not None and pinned in names:
+            return Choice(pinned, "pinned")
+        if sticky is not None and sticky in names:
+            return Choice(sticky, "sticky")
+    if policy == "usage_balanced":  # one pass; the key ends with the name, so order does not matter
+        known = [c.headroom for c in candidates if c.headroom is not None]
+        unknown_as = max(known) if known and max(known) > UNKNOWN_FLOOR else UNKNOWN_FLOOR
+        return Choice(min(candidates, key=lambda c: _balanced_key(c, unknown_as)).name, policy)
+    ordered = sorted(candidates)  # by name: names are unique and come first in the tuple
     if policy == "round_robin":
         after = [c for c in ordered if last_policy_choice is None or c.name > last_policy_choice]
         return Choice((after or ordered)[0].name, policy)
     if policy == "fill_first":
         return Choice(ordered[0].name, policy)
-    if policy == "usage_balanced":
-        known = [c.headroom for c in ordered if c.headroom is not None]
-        unknown_as = max(known + [UNKNOWN_FLOOR])
-        return Choice(min(ordered, key=lambda c: _balanced_key(c, unknown_as)).name, policy)
     raise ValueError(f"unknown policy {policy!r}")
 
 
 def _balanced_key(c: Candidate, unknown_as: float) -> tuple[float, float, str]:
     headroom = unknown_as if c.headroom is None else c.headroom
-    band = math.floor(min(max(headroom, 0.0), 100.0) / HEADROOM_BAND)
+    band = (min(max(headroom, 0.0), 100.0) // HEADROOM_BAND)
     return (-band, c.last_used, c.name)

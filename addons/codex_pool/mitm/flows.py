@@ -7,7 +7,7 @@ import traceback
 from mitmproxy import http
 
 from codex_pool.core.bodies import error_body
-from codex_pool.core.redact import is_client_credential, may_be_client_credential, redact
+from codex_pool.core.redact import CANNOT_BE_CREDENTIAL, is_client_credential, redact
 
 META = "codex_pool"  # flow.metadata key: a JSON-friendly copy of the flow's Exchange, for saved flows
 
@@ -25,15 +25,11 @@ def answer_error(flow: http.HTTPFlow, status: int, type_: str, code: str, messag
            headers={"retry-after": str(retry_after)} if retry_after is not None else None)
 
 
-def is_upgrade(flow: http.HTTPFlow) -> bool:
-    return flow.request.headers.get("upgrade", "").lower() == "websocket"
-
-
 def drop_client_credentials(headers: http.Headers, add: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """Remove every header a client may carry its identity in, then append `add`: one pass over the
     raw fields and at most one rebuild (mitmproxy's per-name delete rescans every field)."""
     fields = headers.fields
-    kept = tuple(f for f in fields if not may_be_client_credential(f[0]) or not is_client_credential(f[0]))
+    kept = tuple(f for f in fields if f[0][:1] in CANNOT_BE_CREDENTIAL or not is_client_credential(f[0]))
     if add or len(kept) != len(fields):
         headers.fields = kept + add
 

@@ -48,29 +48,32 @@ class Routing:
     def _route(self, flow: http.HTTPFlow) -> None:
         pool, request = self.pool, flow.request
         now = pool.now()
+        path = request.path
         headers = lower_headers(request.headers)
-        marker = request.query.get(failover.MARKER) if failover.MARKER in request.path else None
+        marker = request.query.get(failover.MARKER) if failover.MARKER in path else None
         if marker is not None:
             del request.query[failover.MARKER]  # ours; upstream never sees it
+            path = request.path
         key = conversation.conversation_key(headers, lambda: request.get_content(strict=False) if request.raw_content else None)
         hashed = conversation.hash_key(pool.secret, key) if key else None
-        chain = pool.chains.find(marker, hashed if headers.get("upgrade", "").lower() == "websocket" else None, now)
+        upgrade = headers.get("upgrade", "").lower() == "websocket"
+        chain = pool.chains.find(marker, hashed if upgrade else None, now)
         route = pool.router.route(hashed, now, exclude=frozenset(chain.tried) if chain else frozenset())
         if isinstance(route, NoRoute):
             answer_no_route(flow, route)
-            log.warning("codex-pool: %s %s answered %d: %s", request.method, request.path, route.status, route.message)
+            log.warning("codex-pool: %s %s answered %d: %s", request.method, path, route.status, route.message)
             return
         account = route.account
         drop_client_credentials(request.headers, add=(
-            (b"Authorization", f"Bearer {account.access_token}".encode()),
+            (b"Authorization", b"Bearer " + account.access_token.encode()),
             (b"ChatGPT-Account-ID", account.account_id.encode()),
         ))
-        exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, request.path, headers),
-                                      self._fingerprint(account.access_token))
+        exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, path, headers),
+                                      self._fingerprint(account.access_token), upgrade=upgrade)
         flow.comment = comment(exchange)
         pool.events.emit("request.account_selected", account=account.name, reason=route.reason,
                          conversation=route.conversation, attempt=exchange.attempt, pinned_to=route.pinned_to,
-                         path=paths.bare(request.path))
+                         path=paths.bare(path))
 
     def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
         """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""

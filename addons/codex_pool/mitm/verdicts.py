@@ -15,7 +15,7 @@ from codex_pool.core.outcome import Verdict, classify_http, classify_transport_e
 from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, answer_error, codex_headers, describe_error, is_upgrade, redact_pool_token
+from codex_pool.mitm.flows import META, answer_error, codex_headers, describe_error, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -86,7 +86,7 @@ class Verdicts:
     def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict, tap: SSETap | None, now: float) -> None:
         upstream_status = flow.response.status_code
         settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status,
-                                      served=not is_upgrade(flow))
+                                      served=not exchange.upgrade)
         self._deliver(flow, exchange, settlement, upstream_status)
         if flow.websocket is None:
             self._close(flow, exchange, tap.observer if tap is not None else None)
@@ -136,7 +136,7 @@ class Verdicts:
         if settlement.action == failover.PASS:
             return
         if settlement.action == failover.RETRY:
-            if is_upgrade(flow):  # WebSocket clients don't follow redirects; Codex reconnects on 503
+            if exchange.upgrade:  # WebSocket clients don't follow redirects; Codex reconnects on 503
                 answer_error(flow, 503, "server_error", "account_switch",
                              f"pool account {exchange.account} failed ({settlement.reason}); reconnect to be served by another",
                              retry_after=0)
