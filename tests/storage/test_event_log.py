@@ -51,3 +51,17 @@ async def test_run_flushes_on_cancel(tmp_path):
     except asyncio.CancelledError:
         pass
     assert "x" in (tmp_path / "events.jsonl").read_text()
+
+
+def test_event_times_are_formatted_exactly_as_datetime_does():
+    import random
+    from datetime import datetime, timezone
+
+    from codex_pool.storage.event_log import _iso
+
+    rng = random.Random(7)
+    times = [rng.uniform(0, 4e9) for _ in range(20000)] + [0.0, 1.9999996, 5.0, 1e9 + 0.0005, 1e9 + 0.9995]
+    times += [1_800_000_000 + i / 7 for i in range(100)]  # many in one second: the cached part
+    for ts in times:
+        want = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert _iso(ts) == want, ts
