@@ -69,6 +69,8 @@ def test_tracker_burn_rate_and_effective_headroom():
     assert round(t.seconds_to_exhaustion("primary", later)) == 40 * 60
     # 40 % left but gone in 40 minutes, well before the reset: worth 40 × 40/60
     assert round(t.effective_headroom(later), 1) == round(40 * 40 / 60, 1)
+    t.record(quota.RateLimits(quota.Window(90.0, 300, reset), None, None, NOW + 30 * 60, "headers"))
+    assert round(t.burn_per_hour("primary")) == 100  # a new sample counts at once: 50 points in 30 minutes
 
 
 def test_tracker_near_full_and_new_window():

@@ -185,7 +185,7 @@ def test_tap_without_observer_counts_events() -> None:
 
 
 def test_tap_ignores_done_and_counts_bad_json() -> None:
-    body = CODEX_STREAM + b"data: [DONE]\n\n" + b"event: response.output_item.done\ndata: {oops\n\n"
+    body = CODEX_STREAM + b"data: [DONE]\n\n" + b"event: codex.rate_limits\ndata: {oops\n\n"
     tap, obs = run_tap([body])
     assert tap.events == N_EVENTS + 2
     assert obs.garbled == 1
@@ -199,6 +199,17 @@ def test_tap_skips_json_for_deltas() -> None:
             b'data: {"type":"response.reasoning_text.delta","delta":"\\u00ff"\n\n')
     tap, obs = run_tap([body])
     assert (obs.events, obs.deltas, obs.garbled) == (2, 2, 0)
+
+
+def test_tap_skips_json_for_response_events_it_does_not_read() -> None:
+    # output items and content parts carry nothing a turn's facts come from: counted, not decoded
+    body = (b"event: response.output_item.done\ndata: {not json\n\n"
+            b"event: response.content_part.added\ndata: {nor this\n\n"
+            b'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r1","model":"m",'
+            b'"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5}}}\n\n')
+    tap, obs = run_tap([body])
+    assert (obs.events, obs.deltas, obs.garbled) == (3, 0, 0)
+    assert obs.completed and obs.response_id == "r1" and obs.usage.total_tokens == 5
 
 
 def test_a_gzip_stream_gives_the_same_turn() -> None:
@@ -588,6 +599,46 @@ def test_delta_fast_paths_count_exactly_what_the_line_parser_sees(cuts, one_even
     viewer = SSEParser()
     texts = [e.data for c in chunks for e in viewer.feed(c) if e.event == "response.output_text.delta"]
     assert len(texts) == N_DELTAS and all('"delta"' in t for t in texts)
+
+
+_BLOCKS = [
+    b'event: response.output_text.delta\ndata: {"delta":"a"}\n\n',  # the common delta
+    b': keep-alive\nevent: x.delta\ndata: d\n\n',  # comment first
+    b"event: x.delta\ndata: one\ndata: two\n\n",  # two data lines: not the fast shape
+    b"event:x.delta\ndata: d\n\n",  # no space after the colon
+    b"id: 7\nevent: x.delta\ndata: d\n\n",  # an id line first
+    b"event: x.delta\ndata: d\nid: 8\n\n",  # an id line after
+    b"event: x.delta\n\n",  # no data: nothing to dispatch
+    b'event: response.completed\ndata: {"type":"response.completed"}\n\n',
+    b"data: no event name\n\n",
+    b"event: a:b.delta\ndata: d\n\n",  # a colon in the name
+    b"\n",  # an extra blank line
+    b": just a comment\n\n",
+    b"event: y.delta\ndata: \n\n",  # empty data
+]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(_BLOCKS), max_size=30), st.lists(st.integers(min_value=0), max_size=8),
+       st.sampled_from([1, 64, 1 << 20]))
+def test_counting_deltas_sees_exactly_the_events_a_viewer_sees(blocks, cuts, batch_bytes) -> None:
+    """Whatever the mix of event shapes and chunking, the counting parser (deltas counted, the
+    rest returned) and a viewer's parser (everything returned) agree event for event."""
+    stream = b"".join(blocks)
+    p = SSEParser()
+    viewer = [e for c in split_at(stream, cuts) for e in p.feed(c)]
+    tap = SSETap(None, None, clock=lambda: 0.0, batch_bytes=batch_bytes)
+    tap.parser = counting = SSEParser(count_deltas=True)
+    returned: list[SSEEvent] = []
+    tap._dispatch = returned.extend  # what the tap would hand on
+    for c in split_at(stream, cuts):
+        assert tap(c) == c
+    tap(b"")
+    is_delta = lambda e: (e.event or "").endswith(".delta")  # noqa: E731
+    assert counting.deltas_counted + len(returned) == len(viewer)
+    assert [e for e in returned if not is_delta(e)] == [e for e in viewer if not is_delta(e)]
+    rest = iter(viewer)
+    assert all(any(e == v for v in rest) for e in returned)  # in the viewer's order
 
 
 @pytest.mark.parametrize("batch_bytes", [1, 64, 1 << 20])

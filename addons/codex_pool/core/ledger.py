@@ -14,8 +14,12 @@ TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoni
 _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
 
 
+KIND_HEADERS = ("upgrade", "x-codex-turn-metadata")  # what request_kind reads (lower-case names)
+
+
 def request_kind(method: str, path: str, headers: Mapping[str, str]) -> str:
-    """sse_turn | ws_turn | compaction | models | usage | other."""
+    """sse_turn | ws_turn | compaction | models | usage | other. `headers` by lower-case name
+    (at least KIND_HEADERS)."""
     p = bare(path).rstrip("/")
     if p == "/backend-api/codex/responses/compact":
         return "compaction"

@@ -194,6 +194,7 @@ class QuotaTracker:
         self.latest: RateLimits | None = None
         self._samples: list[RateLimits] = []
         self._max = max_samples
+        self._burn: dict[str, float | None] = {}  # burn_per_hour by window, until the next sample
 
     def record(self, limits: RateLimits) -> None:
         if self.latest is not None and limits.observed_at < self.latest.observed_at:
@@ -201,16 +202,25 @@ class QuotaTracker:
         self.latest = _merged(self.latest, limits)
         self._samples.append(self.latest)
         del self._samples[: -self._max]
+        self._burn.clear()
 
     def burn_per_hour(self, which: str) -> float | None:
-        """Percent per hour used in the current window, from samples at least a minute apart."""
+        """Percent per hour used in the current window, from samples at least a minute apart.
+        A function of the samples alone, so it is computed once per new sample (every routing
+        decision asks for every account's)."""
+        if which not in self._burn:
+            self._burn[which] = self._burn_per_hour(which)
+        return self._burn[which]
+
+    def _burn_per_hour(self, which: str) -> float | None:
         current = getattr(self.latest, which) if self.latest else None
         if current is None:
             return None
-        same = [s for s in self._samples if (w := getattr(s, which)) is not None and _same_window(w, current)]
-        if len(same) < 2:
+        # the oldest sample of the current window (the newest sample is `latest`, always in it)
+        last = self._samples[-1]
+        first = next(s for s in self._samples if (w := getattr(s, which)) is not None and _same_window(w, current))
+        if first is last:
             return None
-        first, last = same[0], same[-1]
         span = last.observed_at - first.observed_at
         if span < 60:
             return None

@@ -26,6 +26,10 @@ DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 DEFAULT_BATCH_BYTES = 64 * 1024  # parse a stream's chunks this many bytes at a time
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# A blank line, then a whole `event: <type>.delta` + single `data:` line event (after optional
+# comment lines) ended by a blank line: the deltas `_simple_block` would count, removed and
+# counted in one C call (`subn`) when only their number is wanted.
+_DELTA_EVENTS = re.compile(rb"\n\n(?::[^\n]*\n)*event: [^\n:]*\.delta\ndata: [^\n]*(?=\n\n)")
 
 
 class _Stage(Protocol):
@@ -197,13 +201,21 @@ class SSEParser:
         if (not self._pending and not self._has_fields and not self._skipping and not self._cr_end
                 and not self._first_line and b"\r" not in data):
             # Between events, LF-only: whole events are cut at blank lines, and the common
-            # `event: *.delta` + one `data:` line is taken without walking its lines.
+            # `event: …` + one `data:` line is taken without walking its lines.
+            if self.count_deltas and len(data) <= self.max_event_bytes:  # (so no event here can overflow)
+                # a leading blank line changes nothing between events and lets the first one match
+                rest, counted = _DELTA_EVENTS.subn(b"", b"\n\n" + data)
+                if counted:
+                    self.deltas_counted += counted
+                    data = rest[2:]
+                    if not data:
+                        return []
             blocks = data.split(b"\n\n")
             if len(blocks) > 1:
                 out: list[SSEEvent] = []
                 line = self._line
                 for block in blocks[:-1]:
-                    if not self._delta_block(block, out):
+                    if not self._simple_block(block, out):
                         for raw in block.split(b"\n"):
                             line(raw, out)
                         line(b"", out)
@@ -212,8 +224,9 @@ class SSEParser:
                 return out
         return self._feed_lines(data)
 
-    def _delta_block(self, block: bytes, out: list[SSEEvent]) -> bool:
-        """One whole `event: <type>.delta` / `data: …` event, taken at once; False for anything else."""
+    def _simple_block(self, block: bytes, out: list[SSEEvent]) -> bool:
+        """One whole `event: <type>` / `data: …` event (one line each, the shape of every Codex
+        event), taken at once — a delta only counted when counting; False for anything else."""
         while block[:1] == b":":  # comment lines (keep-alives, stamps) carry nothing
             nl = block.find(b"\n")
             if nl < 0:
@@ -225,9 +238,9 @@ class SSEParser:
         if nl < 0 or not block.startswith(b"data: ", nl + 1) or block.find(b"\n", nl + 1) >= 0:
             return False
         name = block[7:nl]
-        if not name.endswith(b".delta") or b":" in name:
+        if not name or b":" in name:
             return False
-        if self.count_deltas:
+        if self.count_deltas and name.endswith(b".delta"):
             self.deltas_counted += 1
             return True
         out.append(SSEEvent(name.decode("utf-8", "replace"), block[nl + 7:].decode("utf-8", "replace"), self._id))

@@ -81,6 +81,11 @@ class Usage:
         return asdict(self)
 
 
+# the `response.*` events a turn's facts come from (id, model, usage, how it ended)
+RESPONSE_KINDS = frozenset({"response.created", "response.in_progress", "response.completed", "response.failed",
+                            "response.incomplete"})
+
+
 def is_delta_event(data: str | bytes, event_type: str | None = None) -> bool:
     """True if an event is a high-volume ``*.delta`` event not worth JSON-decoding.
 
@@ -148,6 +153,11 @@ class TurnObserver:
                 self.events += 1
                 self.deltas += 1
                 return
+            if event_type is not None and event_type.startswith("response.") and event_type not in RESPONSE_KINDS:
+                # output items, content parts, text/reasoning `.done`...: nothing here reads them, and
+                # the SSE `event:` field names the event's own type (the backend writes both alike)
+                self.events += 1
+                return
             if data == "[DONE]" or data == b"[DONE]":
                 return
             obj = json.loads(data)
@@ -190,8 +200,7 @@ class TurnObserver:
         """Handle ``response.created/in_progress/completed/failed/incomplete``."""
         if not isinstance(response, dict):
             response = {}
-        if kind in ("response.created", "response.in_progress", "response.completed",
-                    "response.failed", "response.incomplete"):
+        if kind in RESPONSE_KINDS:
             response_id = response.get("id")
             if isinstance(response_id, str):
                 self.response_id = response_id

@@ -37,22 +37,29 @@ def drop_client_credentials(headers: http.Headers, add: tuple[tuple[bytes, bytes
 
 
 
-def lower_headers(headers: http.Headers) -> dict[str, str]:
-    """Every header by lower-case name (the first of repeated ones), from one pass over the raw fields."""
+def lower_headers(headers: http.Headers, wanted: frozenset[bytes]) -> dict[str, str]:
+    """The `wanted` headers (lower-case names) by lower-case name, the first of repeated ones, from
+    one pass over the raw fields; only those are decoded."""
     out: dict[str, str] = {}
     for name, value in headers.fields:
-        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        lower = name.lower()
+        if lower in wanted:
+            out.setdefault(lower.decode("latin-1"), value.decode("latin-1"))
     return out
 
 
-def codex_headers(headers: http.Headers) -> dict[str, str]:
-    """The `x-codex-*` headers by lower-case name, from one pass over the raw fields (most answers
-    carry none, and a per-name lookup scans every field)."""
-    out = {}
+def answer_headers(headers: http.Headers) -> tuple[str, dict[str, str]]:
+    """An answer's content type (lower case, "" when none) and its `x-codex-*` headers by
+    lower-case name, from one pass over the raw fields (a per-name lookup scans every field)."""
+    content_type = None
+    codex = {}
     for name, value in headers.fields:
-        if name[:8].lower() == b"x-codex-":
-            out[name.decode("latin-1").lower()] = value.decode("latin-1")
-    return out
+        lower = name.lower()
+        if lower[:8] == b"x-codex-":
+            codex[lower.decode("latin-1")] = value.decode("latin-1")
+        elif content_type is None and lower == b"content-type":
+            content_type = value.decode("latin-1").lower()
+    return content_type or "", codex
 
 
 def redact_pool_token(flow: http.HTTPFlow, account: str) -> None:

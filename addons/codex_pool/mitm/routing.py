@@ -18,6 +18,9 @@ from codex_pool.mitm.flows import answer_error, describe_error, drop_client_cred
 
 log = logging.getLogger("codex_pool")
 
+# the request headers routing reads: the conversation's, and what the ledger's kind needs
+ROUTING_HEADERS = frozenset(name.encode() for name in (*conversation.HEADER_KEYS, *ledger.KIND_HEADERS))
+
 
 class Routing:
     def __init__(self, pool: Pool):
@@ -49,7 +52,7 @@ class Routing:
         pool, request = self.pool, flow.request
         now = pool.now()
         path = request.path
-        headers = lower_headers(request.headers)
+        headers = lower_headers(request.headers, ROUTING_HEADERS)
         marker = request.query.get(failover.MARKER) if failover.MARKER in path else None
         if marker is not None:
             del request.query[failover.MARKER]  # ours; upstream never sees it

@@ -15,7 +15,7 @@ from codex_pool.core.outcome import Verdict, classify_http, classify_transport_e
 from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, answer_error, codex_headers, describe_error, redact_pool_token
+from codex_pool.mitm.flows import META, answer_error, answer_headers, describe_error, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -34,10 +34,11 @@ class Verdicts:
         try:
             redact_pool_token(flow, exchange.account)
             response = flow.response
-            limits = quota.from_headers(codex_headers(response.headers), self.pool.now())
+            content_type, codex = answer_headers(response.headers)
+            limits = quota.from_headers(codex, self.pool.now())
             if limits is not None:
                 self.pool.registry.record_rate_limits(exchange.account, limits)
-            if response.headers.get("content-type", "").lower().startswith("text/event-stream"):
+            if content_type.startswith("text/event-stream"):
                 config = self.pool.config
                 response.stream = SSETap(response.headers.get("content-encoding"), TurnObserver(), clock=self.pool.clock,
                                          keep_bytes=(config.inspect_body_limit_kb if config else 0) * 1024)

@@ -34,6 +34,10 @@ class EventLog:
 
     def emit(self, event: str, **fields: Any) -> None:
         """Queue one event; never blocks, never raises."""
+        self.put(event, fields)
+
+    def put(self, event: str, fields: dict[str, Any]) -> None:
+        """`emit` with the fields as one dict (kept as given, not copied)."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append((time.time(), event, fields))
@@ -126,7 +130,7 @@ class Events:
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.log is not None:
-            self.log.emit(event, **fields)
+            self.log.put(event, fields)
         if event.startswith("account.") and event not in ("account.refreshed", "account.refresh_failed"):
             level = logging.INFO if event == "account.recovered" else logging.WARNING
             log.log(level, "codex-pool: %s %s %s", event, fields.get("account"),
