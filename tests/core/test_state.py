@@ -61,3 +61,21 @@ def test_bad_documents_restore_nothing():
     router, reg = world()
     for doc in (None, [], {"version": 99}, {"version": 1, "sticky": [["k", 1, "x"]], "health": {"a": "x"}, "quota": {"a": {}}}):
         assert not any(restore(doc, router, reg, NOW).values())
+
+
+def test_what_decides_traffic_is_saved_at_once_the_rest_at_least_every_minute():
+    from codex_pool.core.state import FULL_SAVE_SECONDS, save_due, urgent
+
+    router, reg = world()
+    saved = urgent(router, reg)
+    assert save_due(None, saved, None, NOW)  # never saved: now
+    router.route("conv-1", NOW + 1)  # a new conversation, new quota figures: can wait
+    reg.record_rate_limits("a", quota.RateLimits(quota.Window(42.0, 300, NOW + 100), None, None, NOW, "headers"))
+    assert urgent(router, reg) == saved
+    assert not save_due(saved, urgent(router, reg), NOW, NOW + 5)
+    assert save_due(saved, urgent(router, reg), NOW, NOW + FULL_SAVE_SECONDS)  # ...but not forever
+    reg.health.apply("b", Verdict("limited", "usage_limit_reached", until=NOW + 7200), NOW + 6)
+    assert save_due(saved, urgent(router, reg), NOW, NOW + 10)  # a limited account: at once
+    saved = urgent(router, reg)
+    router.pinned = "c"
+    assert save_due(saved, urgent(router, reg), NOW, NOW + 11)  # the admin pin: at once

@@ -137,6 +137,30 @@ def test_kill_minus_nine_keeps_everything_flushed_before(world):
     assert len(ledger_records(data)) == 13
 
 
+def test_a_limited_account_is_on_disk_within_seconds_even_if_the_proxy_is_killed(world):
+    """Health decides where traffic may go: it is saved within one 5 s tick of changing, not at the
+    minute cadence of sticky conversations and quota figures."""
+    backend, start_proxy, data = world
+    proxy = start_proxy()
+    with client(proxy) as c:
+        sse_turn(c, "c1")
+        backend.fault(kind="usage_limit", account="alice", resets_in_seconds=3 * 3600)
+        sse_turn(c, "c1")  # alice limited: failed over
+
+    def saved_state():
+        try:
+            return json.loads((data / "state.json").read_text())["state"]["1"]
+        except (OSError, ValueError, KeyError):
+            return {}
+    wait_for(lambda: saved_state().get("health", {}).get("alice", {}).get("state") == "limited", 15,
+             "alice's limit to reach state.json")
+    os.killpg(proxy.proc.pid, signal.SIGKILL)
+    proxy.proc.wait(10)
+    again = start_proxy()
+    rows = {a["name"]: a for a in again.http.get("/admin/accounts").json()["accounts"]}
+    assert rows["alice"]["state"] == "limited"
+
+
 def test_corrupt_files_at_start_are_moved_aside_with_a_warning(world):
     backend, start_proxy, data = world
     proxy = start_proxy()

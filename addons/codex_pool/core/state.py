@@ -18,15 +18,37 @@ from codex_pool.core.health import DISABLED, USABLE
 from codex_pool.core.router import Router
 
 VERSION = 1
+# How stale the saved document may get. What decides where traffic may go (an account cooling,
+# limited or disabled, the admin pin) is saved within one tick of changing; sticky conversations
+# and quota figures change with every request, cost the most to write (a document of every live
+# conversation) and are saved at least this often, and at shutdown.
+FULL_SAVE_SECONDS = 60.0
 
 
-def snapshot(router: Router, registry: AccountRegistry, now: float) -> dict[str, Any]:
+def urgent(router: Router, registry: AccountRegistry) -> dict[str, Any]:
+    """The part of the state that must reach the disk soon after it changes (cheap to build)."""
+    return {"pinned": router.pinned, "health": _health(registry)}
+
+
+def save_due(saved_urgent: dict[str, Any] | None, current_urgent: dict[str, Any], saved_at: float | None,
+             now: float) -> bool:
+    """Whether the periodic save should write now: something urgent changed, or the last full save
+    is FULL_SAVE_SECONDS old."""
+    return saved_at is None or current_urgent != saved_urgent or now - saved_at >= FULL_SAVE_SECONDS
+
+
+def _health(registry: AccountRegistry) -> dict[str, Any]:
     health = {}
     for name in registry.accounts:
         h = registry.health.peek(name)
         if h.state != USABLE or h.failures:
             account = registry.accounts[name]
             health[name] = {**h.to_dict(), "detail": h.detail, "token": fingerprint(account.refresh_token or account.access_token)}
+    return health
+
+
+def snapshot(router: Router, registry: AccountRegistry, now: float) -> dict[str, Any]:
+    health = _health(registry)
     quotas = {}
     for name, rt in registry.runtime.items():
         if rt.quota.latest is not None:

@@ -45,6 +45,8 @@ class Lifecycle:
         self.folder: PoolFolder | None = None
         self.ledger: LedgerWriter | None = None
         self.state_file: StateFile | None = None
+        self._saved_urgent: dict | None = None  # state.urgent() and the time of the last periodic save
+        self._saved_at: float | None = None
         self._config_mtime: int | None = None
         self._scan_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -211,7 +213,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(STATE_SAVE_SECONDS)
             try:
-                await self.save_state()
+                await self.save_state(force=False)
                 now, config = self.pool.now(), self.pool.config
                 if self.ledger is not None and config is not None and now - last_retention > RETENTION_EVERY_SECONDS:
                     last_retention = now
@@ -221,10 +223,17 @@ class Lifecycle:
             except Exception as e:
                 log.error("codex-pool: saving state failed: %s", describe_error(e))
 
-    async def save_state(self) -> None:
-        if self.state_file is not None:
-            doc = state.snapshot(self.pool.router, self.pool.registry, self.pool.now())
-            await asyncio.to_thread(self.state_file.save, doc)
+    async def save_state(self, force: bool = True) -> None:
+        """Save the serving state (in a worker thread); `force=False`: only when `state.save_due`."""
+        if self.state_file is None:
+            return
+        pool, now = self.pool, self.pool.now()
+        urgent = state.urgent(pool.router, pool.registry)
+        if not force and not state.save_due(self._saved_urgent, urgent, self._saved_at, now):
+            return
+        doc = state.snapshot(pool.router, pool.registry, now)
+        await asyncio.to_thread(self.state_file.save, doc)
+        self._saved_urgent, self._saved_at = urgent, now
 
     async def _reload_config(self, mtime: int | None) -> None:
         """mitm.yaml changed on disk (its mtime differs): apply it, or keep the old settings."""

@@ -3,7 +3,6 @@ atomically (blocking: call from a worker thread)."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ class StateFile:
 
     def __init__(self, path: Path):
         self.path = path
-        self._last: str | None = None
+        self._last: dict[str, Any] | None = None  # the last document written, without saved_at
 
     def load(self) -> tuple[dict[str, Any] | None, str | None]:
         """(document or None, warning or None)."""
@@ -39,10 +38,10 @@ class StateFile:
 
     def save(self, doc: dict[str, Any]) -> bool:
         """Write the document (one atomic write, TinyDB's file format) if it changed. Blocking."""
-        key = json.dumps({k: v for k, v in doc.items() if k != "saved_at"}, sort_keys=True, default=str)
-        if key == self._last:
+        same = {k: v for k, v in doc.items() if k != "saved_at"}  # compared as objects: no second encoding
+        if same == self._last:
             return False
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         AtomicJSONStorage(self.path).write({"state": {"1": doc}})
-        self._last = key
+        self._last = same
         return True
