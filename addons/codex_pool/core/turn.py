@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 #: How many ``codex.rate_limits`` events a :class:`TurnObserver` keeps (newest last).
@@ -77,8 +77,10 @@ class Usage:
         )
 
     def to_dict(self) -> dict[str, int]:
-        """The five counts as a plain dict."""
-        return asdict(self)
+        """The five counts as a plain dict (by hand: asdict deep-copies, once per turn)."""
+        return {"input_tokens": self.input_tokens, "cached_input_tokens": self.cached_input_tokens,
+                "output_tokens": self.output_tokens, "reasoning_tokens": self.reasoning_tokens,
+                "total_tokens": self.total_tokens}
 
 
 # the `response.*` events a turn's facts come from (id, model, usage, how it ended)
