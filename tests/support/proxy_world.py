@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.support.flows import RESPONSES, admin_accounts
 from tests.support.procs import FakeBackend, Proxy
+from tests.support.wait import wait_for
 
 
 def write_pool_file(folder: Path, name: str, auth: dict, extra: dict | None = None) -> Path:
@@ -111,12 +112,19 @@ class ProxyWorld:
         pinned = self.proxy.http.get("/admin/accounts").json()["pinned"]
         if pinned:
             assert self.proxy.http.post(f"/admin/accounts/{pinned}/unpin").status_code == 200
-        for path in self.pool_dir.iterdir():
-            path.unlink()
         for short in names:
             accounts.install(short)
-        got = accounts.reload()
-        assert (got["accounts"], got["usable"], got["invalid"]) == (len(names), len(names), {}), got
+        want = (len(names), len(names), {})
+
+        def only_this_tests_accounts() -> dict | None:
+            # The previous test's last token refresh may still be writing its file back (a temp file
+            # that vanishes, or the file coming back): clear until the pool holds only ours.
+            for path in self.pool_dir.iterdir():
+                if not path.name.startswith(accounts.prefix):
+                    path.unlink(missing_ok=True)
+            got = accounts.reload()
+            return got if (got["accounts"], got["usable"], got["invalid"]) == want else None
+        wait_for(only_this_tests_accounts, 15, f"the pool to hold only {names}")
         self.backend.clear_requests()
         return accounts
 
