@@ -213,7 +213,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(STATE_SAVE_SECONDS)
             try:
-                await self.save_state(force=False)
+                await self.save_state_if_due()
                 now, config = self.pool.now(), self.pool.config
                 if self.ledger is not None and config is not None and now - last_retention > RETENTION_EVERY_SECONDS:
                     last_retention = now
@@ -223,13 +223,14 @@ class Lifecycle:
             except Exception as e:
                 log.error("codex-pool: saving state failed: %s", describe_error(e))
 
-    async def save_state(self, force: bool = True) -> None:
-        """Save the serving state (in a worker thread); `force=False`: only when `state.save_due`."""
+    async def save_state_if_due(self) -> None:
+        """The periodic save of the serving state (in a worker thread), when `state.save_due` says so;
+        `done` saves unconditionally."""
         if self.state_file is None:
             return
         pool, now = self.pool, self.pool.now()
         urgent = state.urgent(pool.router, pool.registry)
-        if not force and not state.save_due(self._saved_urgent, urgent, self._saved_at, now):
+        if not state.save_due(self._saved_urgent, urgent, self._saved_at, now):
             return
         doc = state.snapshot(pool.router, pool.registry, now)
         await asyncio.to_thread(self.state_file.save, doc)

@@ -94,19 +94,20 @@ class EventLog:
             self.flush()
 
 
-_second: list = [None, ""]  # the last whole second formatted: events come many per second
+_last_second: tuple[int, str] = (-1, "")  # the last whole second formatted: events come many per second
 
 
 def _iso(ts: float) -> str:
     """`2026-12-01T04:21:12.345Z` (UTC, milliseconds, truncated like isoformat)."""
+    global _last_second
     whole = int(ts // 1)
     micros = round((ts - whole) * 1e6)  # as datetime rounds it, then truncated to milliseconds
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
-    millis = micros // 1000
-    if _second[0] != whole:
-        _second[:] = [whole, datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")]
-    return f"{_second[1]}.{millis:03d}Z"
+    cached = _last_second  # one read of one tuple: flushes in other threads cannot tear it
+    if cached[0] != whole:
+        cached = _last_second = (whole, datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
 def _clean(value: Any) -> Any:
