@@ -194,7 +194,9 @@ def day_of(ts: float) -> str:
 
 
 def _day_start(day: str) -> float:
-    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    """Midnight UTC of a `YYYY-MM-DD` day (not strptime: its first call imports _strptime on the
+    writer's first rollover, and each call parses a format)."""
+    return datetime(int(day[:4]), int(day[5:7]), int(day[8:10]), tzinfo=timezone.utc).timestamp()
 
 
 def _valid_day(day: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import anyio._backends._asyncio  # noqa: F401  (see below)
 import httpx
 
 from codex_pool.core.config import Config
@@ -22,6 +23,10 @@ from codex_pool.upstream.token_keeper import TokenKeeper
 from codex_pool.upstream.usage_poller import UsagePoller
 
 log = logging.getLogger("codex_pool")
+
+# httpcore loads anyio's asyncio backend (76 modules, ~25 ms) lazily, when our client first closes a
+# connection: mid-traffic, on the event loop, a stall every proxied stream would feel. It is imported
+# above, with the addon, instead.
 
 REFRESH_AFTER_401_TIMEOUT = 20.0
 REAUTH_WINDOW = 60.0  # a 401 on tokens refreshed for a 401 this recently is a real auth problem
