@@ -669,6 +669,10 @@ class FakeChatGPT:
             return await answer(
                 400, {"error": {"code": "unsupported_grant_type", "message": "Only refresh_token is simulated."}}
             )
+        owner = self.state.refresh_tokens.get(params.get("refresh_token") or "")
+        slow = self.state.take_fault(owner, "refresh-delay") if owner else None
+        if slow is not None:  # a slow token endpoint: the grant is looked at only after the wait
+            await asyncio.sleep(float(slow.params.get("seconds", 1.0)))
         status, obj, acct = self.state.refresh(params.get("refresh_token"), time.time())
         entry["account"] = acct.name if acct else None
         if status != 200:

@@ -93,7 +93,7 @@ MODEL_FAULTS = {
     "failed",
     "ws_error",
 }
-REFRESH_FAULTS = {"refresh_error"}
+REFRESH_FAULTS = {"refresh_error", "refresh_slow"}
 FAULT_KINDS = MODEL_FAULTS | REFRESH_FAULTS
 MATCHES = {"any", "http", "ws", "ws-upgrade"}
 # what can happen at a WebSocket upgrade (an HTTP answer instead of 101)
@@ -110,6 +110,8 @@ class Fault:
     params: dict
 
     def applies_to(self, transport: str) -> bool:
+        if self.kind == "refresh_slow":  # taken before the grant is looked at (server._oauth_token)
+            return transport == "refresh-delay"
         if self.kind in REFRESH_FAULTS:
             return transport == "refresh"
         if transport == "refresh":
@@ -365,6 +367,7 @@ class BackendState:
         plan: str | None = None,
         access_ttl_seconds: float | None = None,
         initial_access_ttl_seconds: float | None = None,
+        initial_access_age_seconds: float = 0.0,
         account_id: str | None = None,
         user_id: str | None = None,
         **figures: Any,
@@ -373,7 +376,9 @@ class BackendState:
 
         `access_ttl_seconds` is the lifetime of every access token issued to the account (default
         10 days); `initial_access_ttl_seconds` overrides it for the first token only (0 or negative
-        = issued already expired, so the client refreshes once and then gets normal tokens)."""
+        = issued already expired, so the client refreshes once and then gets normal tokens);
+        `initial_access_age_seconds` issues the first token that long ago (`iat` in the past, `exp`
+        a lifetime after it): a login from a while back, part way to its expiry."""
         if name is None:
             n = len(self.accounts) + 1
             while f"acct{n}" in self.accounts:
@@ -407,7 +412,8 @@ class BackendState:
         self.by_account_id[account_id] = name
         if figures:
             self.update_account(name, figures)
-        return self.issue_tokens(name, access_ttl=initial_access_ttl_seconds)
+        return self.issue_tokens(name, access_ttl=initial_access_ttl_seconds,
+                                 now=now - float(initial_access_age_seconds) if initial_access_age_seconds else None)
 
     def account(self, name: str) -> Account:
         try:
