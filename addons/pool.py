@@ -34,7 +34,7 @@ addons = [
         CredentialGuard(),  # requestheaders: client credentials never go upstream; refuses unsafe settings
         LocalEndpoints(pool, lifecycle),  # request: /healthz, /metrics, /admin/*, accounts/check, /oauth/token
         ModelsCache(pool),  # request: a recent models list answered locally; response: keep a copy
-        Routing(pool),  # request: account + credentials, or an honest local answer
+        Routing(pool, tokens),  # request: account + credentials (after a refresh it waits for), or an honest answer
         Verdicts(pool, tokens),  # responseheaders/response/error: stream tap, failover, ledger
         WebSocketTurns(pool, tokens),  # websocket_message/_end: turns, error frames, ledger
         Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts

@@ -4,17 +4,18 @@ from pathlib import Path
 from codex_pool.core.accounts import AccountRegistry
 from codex_pool.core.auth_file import parse_auth
 from codex_pool.core.pool_scan import PoolScan
-from codex_pool.core.router import NoRoute, Router
+from codex_pool.core.router import REFRESH_RETRY_SECONDS, AwaitRefresh, NoRoute, Router
 import json
 
 from tests.support.tokens import make_auth
 
 
-def registry(*names, expired=()):
+def registry(*names, expired=(), no_refresh=()):
     now = int(time.time())
     accounts = {}
     for n in names:
-        doc = make_auth(f"acct-{n}", exp=now - 10 if n in expired else None)
+        doc = make_auth(f"acct-{n}", exp=now - 10 if n in expired else None,
+                        refresh_token=None if n in no_refresh else f"rt-{n}")
         accounts[n] = parse_auth(json.dumps(doc).encode(), Path(f"/pool/{n}.json"))
     reg = AccountRegistry()
     reg.apply_scan(PoolScan(accounts=accounts), 0.0)
@@ -66,8 +67,50 @@ def test_expired_tokens_are_not_usable_and_empty_pool_says_why():
     assert router.route("k", time.time()).account.name == "b"
     none = Router(registry(), "fill_first", 60).route("k", time.time())
     assert isinstance(none, NoRoute) and none.status == 503 and "drop a Codex auth.json there" in none.message
-    all_expired = Router(registry("a", expired=("a",)), "fill_first", 60).route(None, time.time())
-    assert isinstance(all_expired, NoRoute) and "access token expired" in all_expired.message
+    no_refresh = Router(registry("a", expired=("a",), no_refresh=("a",)), "fill_first", 60).route(None, time.time())
+    assert isinstance(no_refresh, NoRoute) and "access token expired" in no_refresh.message
+    assert "no refresh token; replace it with a fresh login" in no_refresh.message
+
+
+def test_a_request_waits_for_a_refresh_when_only_refreshable_accounts_are_left():
+    """#11.1: expired access tokens with a working refresh token are refreshed on demand, not 503."""
+    now = time.time()
+    router = Router(registry("a", "b", "c", expired=("a", "b")), "fill_first", 60)
+    assert router.route(None, now).account.name == "c"  # a usable account serves without waiting
+    router.registry.health.disable("c", "manual", now)
+    assert router.route(None, now) == AwaitRefresh(("a", "b"))
+    assert router.route("k", now, exclude=frozenset({"a"})) == AwaitRefresh(("b",))
+    gave_up = router.route(None, now, may_wait=False)  # the refresh did not land in time
+    assert isinstance(gave_up, NoRoute) and gave_up.status == 503 and gave_up.retry_after == REFRESH_RETRY_SECONDS
+    assert "a refreshing its access token" in gave_up.message and "fresh login" not in gave_up.message
+    assert router.has_alternative(now, frozenset({"a"}))  # failover may count on b's refresh
+    assert not router.has_alternative(now, frozenset({"a", "b"}))
+
+
+def test_a_conversation_waits_for_its_own_account_to_be_refreshed():
+    """#11.5: an account that only needs a refresh keeps its conversations."""
+    reg = registry("a", "b")
+    router = Router(reg, "fill_first", 3600)
+    now = time.time()
+    assert router.route("k", now).account.name == "a"
+    reg.accounts["a"] = registry("a", expired=("a",)).accounts["a"]  # its access token ran out
+    assert router.route("k", now + 1) == AwaitRefresh(("a",))  # although b could serve at once
+    assert router.route("other", now + 1).account.name == "b"  # a new conversation does not wait
+    standin = router.route("k", now + 2, may_wait=False)  # the refresh is late: b stands in, a keeps the pin
+    assert (standin.account.name, standin.reason, standin.pinned_to) == ("b", "standin", "a")
+    reg.accounts["a"] = registry("a").accounts["a"]  # refreshed
+    back = router.route("k", now + 3)
+    assert (back.account.name, back.reason) == ("a", "sticky")
+
+
+def test_retry_after_is_the_first_moment_any_account_can_serve():
+    """#11.8: a limited account that resets before a cooling one ends counts too."""
+    reg = registry("a", "b")
+    now = time.time()
+    reg.health.apply("a", Verdict("cooldown", "server_error_503", retry_after=30), now)
+    reg.health.apply("b", Verdict("limited", "usage_limit_reached", until=now + 2), now)
+    answer = Router(reg, "fill_first", 60).route("k", now)
+    assert answer.status == 503 and answer.retry_after == 2 and "b should be back in 2s" in answer.message
 
 
 def test_pin_wins_while_usable_without_taking_conversations_over():
@@ -159,6 +202,7 @@ def test_is_usable_agrees_with_unusable_reason_in_every_state():
     from codex_pool.core.health import COOLING, DISABLED, LIMITED
 
     reg = registry("ok", "old", "cool", "cooled", "lim", "off", expired=("old",))
+    assert reg.state("old", time.time()) == "refreshing" and "refreshing it" in reg.unusable_reason("old", time.time())
     now = time.time()
     for name, state, until in (("cool", COOLING, now + 60), ("cooled", COOLING, now - 1), ("lim", LIMITED, now + 60),
                                ("off", DISABLED, None)):

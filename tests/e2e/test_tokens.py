@@ -8,6 +8,7 @@ import json
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.flows import CLIENT_TOKEN, RESPONSES, admin_accounts as accounts, redirecting_client, turn_body
@@ -71,6 +72,43 @@ def test_two_proxies_on_one_pool_refresh_an_expired_account_exactly_once(tmp_pat
     assert used == {f"Bearer {newest['tokens']['access_token']}"}  # both served with the new token
 
 
+def test_expired_tokens_are_refreshed_on_demand_and_every_waiting_turn_is_served(tmp_path, backend):
+    """#11.1: a pool whose access tokens ran out while the proxies were down (refresh tokens still
+    good), two proxies on it, ten new conversations on each at once, a slow token endpoint. Before:
+    every turn got 503 "access token expired …; replace alice.json" until the keeper's refresh
+    landed (0 of 20 served). Now each turn waits for a refresh and is served on the fresh token;
+    each account's refresh token is presented exactly once across both proxies."""
+    pool = tmp_path / "pool"
+    names = ["alice", "bob", "carol", "dave"]
+    for name in names:
+        write_pool_file(pool, name, backend.add_account(name, initial_access_ttl_seconds=0))
+        backend.fault(kind="refresh_slow", account=name, seconds=1.5, count=1)
+    proxies = []
+    try:
+        for i in range(2):
+            proxies.append(Proxy(backend.url, tmp_path / f"proxy{i}", config(backend).replace("pool_dir: pool", f"pool_dir: {pool}")))
+        results = []
+
+        def turn(p, i):
+            with httpx.Client(base_url=p.url, timeout=60, trust_env=False) as c:
+                r = c.post(RESPONSES, json=turn_body(f"{p.port}-{i}"), headers={"session-id": f"{p.port}-{i}"})
+                results.append((r.status_code, r.text[:300]))
+
+        threads = [threading.Thread(target=turn, args=(p, i)) for p in proxies for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        logs = "\n".join("\n".join(p.lines) for p in proxies)
+    finally:
+        for p in proxies:
+            p.stop()
+    assert [status for status, _ in results] == [200] * 20, results
+    sent = backend.state()["accounts"]
+    assert {n: (sent[n]["token_calls"], sent[n]["refresh_failures"]) for n in names} == {n: (1, 0) for n in names}
+    assert "fresh login" not in logs and "replace alice.json" not in logs  # no re-login advice while a refresh works
+
+
 def test_concurrent_401s_on_one_account_make_one_token_call(shared):
     w = shared.fresh(["alice"])
     w.backend.control("POST", f"accounts/{w['alice']}/expire")  # upstream now refuses alice's access token
@@ -90,9 +128,22 @@ def test_concurrent_401s_on_one_account_make_one_token_call(shared):
     assert w.states()["alice"]["state"] == "usable"
 
 
+def test_a_revoked_account_fails_over_and_its_401_never_reaches_the_client(shared):
+    """#11.6: a 401 → refresh → refresh_token_invalidated used to pass the pool's 401 through, so
+    Codex tried to refresh its own token. Now the turn goes on to another account."""
+    w = shared.fresh(["alice", "bob"])  # fill_first: alice serves first
+    w.backend.control("POST", f"accounts/{w['alice']}/revoke")  # every alice token dies, the refresh one too
+    with redirecting_client(w.proxy) as c:
+        r = c.post(RESPONSES, json=turn_body("revoked"), headers={"session-id": "revoked"})
+    assert r.status_code == 200, r.text
+    assert w.served()[-1] == "bob"
+    row = w.states()["alice"]
+    assert row["state"] == "disabled" and "reauth_required" in row["reason"] and "alice" in row["reason"]
+
+
 def test_tokens_expiring_soon_are_refreshed_in_the_background(shared):
     w = shared.fresh([])
-    auth = w.add("alice", access_ttl_seconds=900)
+    auth = w.add("alice", access_ttl_seconds=900, initial_access_age_seconds=600)  # 5 of its 15 minutes left
     path = w.install("alice", auth, {"extra": 1})
     w.reload()
     wait_for(lambda: w.sent()["alice"]["refresh_count"] == 1, 15, "the keeper to refresh alice")
@@ -120,7 +171,7 @@ PERMANENT = [
 @pytest.mark.parametrize("status,code", PERMANENT, ids=[c for _, c in PERMANENT])
 def test_permanent_refresh_failure_disables_until_the_file_is_replaced(shared, status, code):
     w = shared.fresh([])
-    auth = w.add("alice", access_ttl_seconds=600)
+    auth = w.add("alice", access_ttl_seconds=600, initial_access_age_seconds=400)  # inside its refresh lead
     w.fault("refresh_error", "alice", status=status, code=code)
     path = w.install("alice", auth)
     before = path.read_bytes()
@@ -138,7 +189,7 @@ def test_permanent_refresh_failure_disables_until_the_file_is_replaced(shared, s
 
 def test_transient_refresh_failure_retries_and_the_account_keeps_serving(shared):
     w = shared.fresh([])
-    auth = w.add("alice", access_ttl_seconds=600)
+    auth = w.add("alice", access_ttl_seconds=600, initial_access_age_seconds=400)  # inside its refresh lead
     w.fault("refresh_error", "alice", status=503, code="temporarily_unavailable")
     w.install("alice", auth)
     w.reload()

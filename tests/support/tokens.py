@@ -22,21 +22,25 @@ def make_auth(
     plan: str = "plus",
     exp: float | None = None,
     style: str = "snake",
-    refresh_token: str = "rt_test_refresh_token_1",
+    refresh_token: str | None = "rt_test_refresh_token_1",  # None: a file without one
     include_account_id: bool = True,
+    iat: float | None = None,
 ) -> dict[str, Any]:
     now = int(time.time())
+    issued = now if iat is None else iat
     exp = now + 864000 if exp is None else exp
     auth_claims = {"chatgpt_account_id": account_id, "chatgpt_plan_type": plan, "chatgpt_user_id": "user-" + account_id}
     id_claims: dict[str, Any] = {"iat": now, "exp": now + 3600, "https://api.openai.com/auth": auth_claims}
     if email:
         id_claims["email"] = email
-    access_claims = {"iat": now, "exp": exp, "https://api.openai.com/auth": auth_claims, "n": account_id}
+    access_claims = {"iat": issued, "exp": exp, "https://api.openai.com/auth": auth_claims, "n": account_id}
     tokens = {
         "id_token": make_jwt(id_claims),
         "access_token": make_jwt(access_claims),
         "refresh_token": refresh_token,
     }
+    if refresh_token is None:
+        del tokens["refresh_token"]
     if include_account_id:
         tokens["account_id"] = account_id
     if style == "camel":

@@ -38,7 +38,7 @@ def account(tmp_path, name="alice", **kw):
     ],
 )
 def test_refresh_due(tmp_path, exp_in, last_refresh_days, has_refresh, expected):
-    a = account(tmp_path, exp=NOW + exp_in if exp_in is not None else NOW + 10)
+    a = account(tmp_path, exp=NOW + exp_in if exp_in is not None else NOW + 10, iat=NOW - 10 * 86400)
     from dataclasses import replace
 
     if exp_in is None:
@@ -69,11 +69,13 @@ def test_failure_classification(status, body, expected):
 class TokenServer:
     """A token endpoint that rotates and rejects reuse, counting calls."""
 
-    def __init__(self, status=200, delay=0.0):
+    def __init__(self, status=200, delay=0.0, lifetime=None, clock=None):
         self.calls = []
         self.status = status
         self.delay = delay
         self.used = set()
+        self.lifetime = lifetime  # access tokens issued at clock() for this long; None: ten days from NOW
+        self.clock = clock or time.time
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
@@ -86,7 +88,8 @@ class TokenServer:
         self.used.add(body["refresh_token"])
         n = len(self.calls)
         return httpx.Response(200, json={
-            "access_token": make_jwt({"exp": int(NOW) + 864000, "n": n}),
+            "access_token": make_jwt({"exp": int(NOW) + 864000, "n": n} if self.lifetime is None else
+                                     {"iat": int(self.clock()), "exp": int(self.clock() + self.lifetime), "n": n}),
             "id_token": make_jwt({"email": "a@example.com", "https://api.openai.com/auth": {"chatgpt_account_id": "acct-alice"}}),
             "refresh_token": f"rt_rotated_{n}_xxxxxxxx",
         })
@@ -204,8 +207,39 @@ async def test_lock_held_elsewhere_times_out_as_transient(tmp_path):
     assert result.code == "lock_timeout" and server.calls == []
 
 
+def test_a_short_lived_token_is_refreshed_at_half_its_lifetime_and_paced_below_it(tmp_path):
+    """#11.5: with a 2-minute token and a 60-minute margin, the margin alone would refresh it at
+    once and again; the old 5-minute pacing let it run out. Half its lifetime is left when it is
+    refreshed, and the next refresh may come a quarter of a lifetime later."""
+    short = account(tmp_path, exp=NOW + 120, iat=NOW)
+    assert short.token_lifetime() == 120
+    assert refresh_policy.lead_time(short, 3600) == 60 and refresh_policy.pace(short) == 30
+    assert refresh_policy.refresh_due(short, NOW + 59, margin=3600) is None
+    assert refresh_policy.refresh_due(short, NOW + 61, margin=3600) == "proactive_expiry"
+    long = account(tmp_path, "bob", exp=NOW + 10 * 86400, iat=NOW)
+    assert refresh_policy.lead_time(long, 3600) == 3600 and refresh_policy.pace(long) == refresh_policy.MIN_INTERVAL
+    unknown = account(tmp_path, "carol", exp=NOW + 100, iat=NOW + 200)  # no sensible lifetime: the margin
+    assert unknown.token_lifetime() is None and refresh_policy.lead_time(unknown, 3600) == 3600
+
+
+async def test_keeper_keeps_a_short_lived_token_from_running_out(tmp_path):
+    a = account(tmp_path, exp=NOW + 120, iat=NOW)
+    t = NOW
+    server = TokenServer(lifetime=120, clock=lambda: t)
+    keeper = TokenKeeper(refresher_for(server), margin=3600)
+    current = a
+    for _ in range(5):  # the keeper's loop, every 5 s, for five token lifetimes
+        while not keeper.due({"alice": current}, t):
+            t += 5
+            assert not current.expired(t), "the token ran out before the keeper refreshed it"
+        result = await keeper.refresh(current, "proactive_expiry", t)
+        assert result.ok
+        current = result.account
+    assert len(server.calls) == 5
+
+
 async def test_keeper_backs_off_after_transient_failures(tmp_path):
-    a = account(tmp_path, exp=NOW + 60)
+    a = account(tmp_path, exp=NOW + 60, iat=NOW - 86400)  # a day-long token about to run out
     server = TokenServer(status=503)
     keeper = TokenKeeper(refresher_for(server), margin=3600)
     assert keeper.due({"alice": a}, NOW) == [(a, "proactive_expiry")]
@@ -218,13 +252,13 @@ async def test_keeper_backs_off_after_transient_failures(tmp_path):
 
 
 async def test_keeper_does_not_refresh_again_right_after_a_success(tmp_path):
-    a = account(tmp_path, exp=NOW + 60)
+    a = account(tmp_path, exp=NOW + 60, iat=NOW - 86400)  # a day-long token about to run out
     keeper = TokenKeeper(refresher_for(TokenServer()), margin=3600)
     result = await keeper.refresh(a, "proactive_expiry", NOW)
     fresh = result.account
     from dataclasses import replace
 
-    soon = replace(fresh, access_expires_at=NOW + 600)  # inside the margin again
+    soon = replace(fresh, access_expires_at=NOW + 600, access_issued_at=NOW - 86400)  # a day-long token, inside the margin
     assert keeper.due({"alice": soon}, NOW + 10) == []
     assert keeper.due({"alice": soon}, NOW + 301) != []
     expired = replace(fresh, access_expires_at=NOW + 5)
@@ -236,7 +270,7 @@ async def test_an_account_that_leaves_the_pool_leaves_no_retry_state(tmp_path):
     from codex_pool.core.pool_scan import PoolScan
     from codex_pool.upstream.tokens import TokenService
 
-    a = account(tmp_path, exp=NOW + 60)
+    a = account(tmp_path, exp=NOW + 60, iat=NOW - 86400)  # a day-long token about to run out
     pool = Pool(clock=lambda: NOW)
     pool.registry.apply_scan(PoolScan(accounts={"alice": a}), NOW)
     tokens = TokenService(pool)

@@ -77,18 +77,46 @@ class AccountRegistry:
         account = self.accounts.get(name)
         if account is None:
             return "not in the pool"
-        if account.expired(now):
-            return f"access token expired at {iso(account.access_expires_at)}; replace {account.path.name} with a fresh login"
+        h = self.health.peek(name)
+        if h.state == DISABLED:
+            fix = {
+                "manual": "POST /admin/accounts/{n}/enable to use it again",
+                "deactivated": "upstream says the account is deactivated; remove {f} or replace it",
+            }.get(h.reason or "", "replace {f} with a fresh `codex login` to use it again")
+            return f"disabled ({h.reason}): {fix.format(n=name, f=account.path.name)}"
         if not self.health.usable(name, now):
-            h = self.health.peek(name)
-            if h.state == DISABLED:
-                fix = {
-                    "manual": "POST /admin/accounts/{n}/enable to use it again",
-                    "deactivated": "upstream says the account is deactivated; remove {f} or replace it",
-                }.get(h.reason or "", "replace {f} with a fresh `codex login` to use it again")
-                return f"disabled ({h.reason}): {fix.format(n=name, f=account.path.name)}"
             return f"{h.state} until {iso(h.until)} ({h.reason})"
+        if account.expired(now):
+            if account.refresh_token:  # never re-login advice while a refresh may work
+                return f"access token expired at {iso(account.access_expires_at)}; refreshing it (requests wait for it)"
+            return (f"access token expired at {iso(account.access_expires_at)} and {account.path.name} has no refresh "
+                    "token; replace it with a fresh login")
         return None
+
+    def state(self, name: str, now: float) -> str:
+        """The account's state as admin views show it: usable | refreshing | expired | cooling |
+        limited | disabled (then `unusable_reason` says what to do)."""
+        account = self.accounts.get(name)
+        h = self.health.peek(name)
+        if account is None:
+            return "gone"
+        if h.state == DISABLED:
+            return DISABLED
+        if not self.health.usable(name, now):
+            return h.state
+        if account.expired(now):
+            return "refreshing" if account.refresh_token else "expired"
+        return "usable"
+
+    def needs_refresh(self, name: str, now: float) -> bool:
+        """Only an expired access token keeps the account from serving, and its refresh token may
+        still work: a request can wait for the refresh instead of leaving it."""
+        account = self.accounts.get(name)
+        return (account is not None and account.refresh_token is not None and account.expired(now)
+                and self.health.usable(name, now))
+
+    def refreshable_names(self, now: float) -> list[str]:
+        return [n for n in sorted(self.accounts) if self.needs_refresh(n, now)]
 
     def is_usable(self, name: str, now: float) -> bool:
         """`unusable_reason(name, now) is None`, without building the reason (the request path)."""
@@ -118,7 +146,7 @@ class AccountRegistry:
             reason = self.unusable_reason(name, now)
             rt = self.runtime.get(name) or Runtime()
             health = self.health.peek(name)
-            state = "expired" if account.expired(now) else (health.state if not self.health.usable(name, now) else "usable")
+            state = self.state(name, now)
             rows.append(
                 {
                     "name": name,

@@ -46,9 +46,20 @@ class Account:
     access_token: str = dataclasses.field(repr=False)
     id_token: str = dataclasses.field(repr=False)
     refresh_token: str | None = dataclasses.field(repr=False, default=None)
+    access_issued_at: float | None = None  # the access token's `iat`
 
     def expired(self, now: float) -> bool:
         return self.access_expires_at is not None and self.access_expires_at <= now
+
+    def token_lifetime(self) -> float | None:
+        """Seconds the access token was issued for (`exp` − `iat`, else `exp` − `last_refresh`)."""
+        if self.access_expires_at is None:
+            return None
+        issued = self.access_issued_at if self.access_issued_at is not None else (
+            self.last_refresh.timestamp() if self.last_refresh is not None else None)
+        if issued is None or issued >= self.access_expires_at:
+            return None
+        return self.access_expires_at - issued
 
 
 def decode_claims(token: str) -> dict[str, Any]:
@@ -100,6 +111,10 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
+def _time_claim(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _str_claim(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -146,8 +161,7 @@ def parse_auth(data: bytes, path: Path) -> Account:
         raise AuthFileError(
             f"no account id (neither tokens.{keys['account_id']} nor chatgpt_account_id in the id_token); {_FIX}"
         )
-    exp = access_claims.get("exp")
-    expires_at = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+    expires_at, issued_at = _time_claim(access_claims.get("exp")), _time_claim(access_claims.get("iat"))
     return Account(
         name=path.stem,
         path=path,
@@ -160,4 +174,5 @@ def parse_auth(data: bytes, path: Path) -> Account:
         access_token=access,
         id_token=id_token,
         refresh_token=refresh,
+        access_issued_at=issued_at,
     )

@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from codex_pool.core.health import COOLING, DISABLED, LIMITED, USABLE
 
-STATES = (USABLE, COOLING, LIMITED, DISABLED, "expired")
+STATES = (USABLE, "refreshing", COOLING, LIMITED, DISABLED, "expired")  # AccountRegistry.state
 TOKEN_TYPES = (("input_tokens", "input"), ("cached_input_tokens", "cached_input"), ("output_tokens", "output"),
                ("reasoning_tokens", "reasoning"))
 TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)

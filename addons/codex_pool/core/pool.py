@@ -203,9 +203,8 @@ class Pool:
         """What the scrape-time gauges read: each served account's state and quota, sticky count."""
         rows = []
         registry = self.registry
-        for name, account in sorted(registry.accounts.items()):
-            health = registry.health
-            state = "expired" if account.expired(now) else (health.peek(name).state if not health.usable(name, now) else "usable")
+        for name in sorted(registry.accounts):
+            state = registry.state(name, now)
             rt = registry.runtime.get(name)
             latest = rt.quota.latest if rt else None
             rows.append({

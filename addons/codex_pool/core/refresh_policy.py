@@ -20,12 +20,33 @@ PERMANENT_CODES = frozenset(
 CODEX_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 
 
+MIN_INTERVAL = 300.0  # seconds between proactive refreshes of one long-lived token
+LEAD_SHARE = 0.5  # a short-lived token is refreshed once this share of its lifetime is left
+PACE_SHARE = 0.25  # ... and not again before this share of the new lifetime has passed
+
+
+def lead_time(account: Account, margin: float) -> float:
+    """How long before its expiry an access token is refreshed: `margin`, but at most half the
+    token's lifetime, so a token issued for less than twice the margin is not refreshed at once
+    (and again, and again) but still well before it runs out."""
+    lifetime = account.token_lifetime()
+    return margin if lifetime is None else min(margin, lifetime * LEAD_SHARE)
+
+
+def pace(account: Account | None) -> float:
+    """After a successful refresh, how long before the next proactive one may start: enough to
+    stop a token endpoint that hands out nearly expired tokens from being asked in a loop, never
+    so long that a short-lived token runs out first (its lead time is half its lifetime)."""
+    lifetime = account.token_lifetime() if account is not None else None
+    return MIN_INTERVAL if lifetime is None else min(MIN_INTERVAL, lifetime * PACE_SHARE)
+
+
 def refresh_due(account: Account, now: float, margin: float) -> str | None:
     """Why the account should be refreshed now, or None."""
     if account.refresh_token is None:
         return None
     if account.access_expires_at is not None:
-        return "proactive_expiry" if account.access_expires_at - now <= margin else None
+        return "proactive_expiry" if account.access_expires_at - now <= lead_time(account, margin) else None
     if account.last_refresh is None or now - account.last_refresh.timestamp() > STALE_AFTER:
         return "stale_last_refresh"
     return None

@@ -19,6 +19,9 @@ from codex_pool.core.selection import choose
 from codex_pool.core.stickiness import StickyMap
 
 
+REFRESH_RETRY_SECONDS = 5  # Retry-After while an account waits for a token refresh that did not land in time
+
+
 @dataclass(slots=True)
 class Route:
     account: Account
@@ -37,6 +40,15 @@ class NoRoute:
     message: str
     retry_after: int | None = None
     extra: dict = field(default_factory=dict)  # more error fields, e.g. resets_at
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitRefresh:
+    """The request's account needs only a token refresh: wait for one of `accounts` to be
+    refreshed (bounded), then route again without waiting. The conversation's own account when it
+    has one (its prompt cache is there), else every account a refresh would bring back."""
+
+    accounts: tuple[str, ...]
 
 
 @dataclass
@@ -69,18 +81,24 @@ class Router:
     def keeps_pin(self, name: str, now: float) -> bool:
         """Whether a conversation pinned to `name` keeps that pin while someone else stands in."""
         account = self.registry.accounts.get(name)
-        if account is None or account.expired(now):
+        if account is None or (account.expired(now) and not self.registry.needs_refresh(name, now)):
             return False
         h = self.registry.health.peek(name)
         if h.state == DISABLED:
             return False
         return self.registry.health.out_for(name, now) <= self.repin_after
 
-    def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
+    def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset(),
+              may_wait: bool = True) -> Route | NoRoute | AwaitRefresh:
+        """Where this request goes. `may_wait`: an account that needs only a token refresh is waited
+        for (AwaitRefresh) rather than left — the conversation's own account, or any when no other
+        can serve; the caller routes again with `may_wait=False` once the refresh is done or given up."""
         pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
-        if (pin_of_conversation is not None and self.pinned is None and pin_of_conversation not in exclude
-                and self.registry.is_usable(pin_of_conversation, now)):
-            return self._serve(pin_of_conversation, "sticky", conversation, None, now)  # the common case, cheaply
+        if pin_of_conversation is not None and self.pinned is None and pin_of_conversation not in exclude:
+            if self.registry.is_usable(pin_of_conversation, now):
+                return self._serve(pin_of_conversation, "sticky", conversation, None, now)  # the common case, cheaply
+            if may_wait and self.registry.needs_refresh(pin_of_conversation, now):
+                return AwaitRefresh((pin_of_conversation,))
         lane = self._lanes["conversation" if conversation else "keyless"]
         candidates = self.registry.candidates(now, lane.last_picked)
         if exclude:
@@ -99,6 +117,9 @@ class Router:
             last_policy_choice=lane.last_choice,
         )
         if choice is None:
+            refreshable = tuple(n for n in self.registry.refreshable_names(now) if n not in exclude)
+            if may_wait and refreshable:
+                return AwaitRefresh(refreshable)
             return self.unavailable(now, exclude)
         reason = choice.reason
         if choice.reason == self.policy:
@@ -123,13 +144,16 @@ class Router:
         return Route(self.registry.accounts[name], reason, conversation, standin_for)
 
     def has_alternative(self, now: float, exclude: frozenset[str]) -> bool:
-        return any(name not in exclude for name in self.registry.usable_names(now))
+        """Another account could serve: usable now, or once a token refresh lands."""
+        return any(name not in exclude for name in self.registry.usable_names(now)) or any(
+            name not in exclude for name in self.registry.refreshable_names(now))
 
     def unavailable(self, now: float, exclude: frozenset[str] = frozenset()) -> NoRoute:
         """Why nothing can serve, as the answer a client can act on.
 
         Every account limited → 429 `usage_limit_reached` with the earliest reset in the pool (Codex
-        prints that time). Some only cooling down → 503 with Retry-After until the first is back.
+        prints that time). Some cooling down or waiting for a token refresh → 503 with Retry-After
+        until the first can serve again (a cooldown ending, a limit resetting, a refresh landing).
         Otherwise 503 `no_accounts` saying why (pool empty, files invalid, all disabled)."""
         reg = self.registry
         label = reg.pool_label
@@ -147,19 +171,27 @@ class Router:
             return NoRoute(503, "no_accounts", "no_accounts",
                            f"every usable pool account already failed this request ({', '.join(sorted(exclude))}); retry",
                            retry_after=1)
-        limited, cooling, out = [], [], []
+        limited, cooling, refreshing, out = [], [], [], []
         for name in sorted(reg.accounts):
             h = reg.health.peek(name)
             if h.state == LIMITED and h.until:
                 limited.append((h.until, name))
             elif h.state == COOLING and h.until:
                 cooling.append((h.until, name))
+            elif reg.needs_refresh(name, now):
+                refreshing.append(name)
             else:
                 out.append(f"{name}: {reg.unusable_reason(name, now)}")
-        if cooling:
-            first_back, who = min(cooling)
-            wait = max(1, math.ceil(first_back - now))
-            parts = [f"{n} cooling down until {iso(u)}" for u, n in cooling] + [f"{n} limited until {iso(u)}" for u, n in limited] + out
+        if cooling or refreshing:
+            # the earliest moment any account can serve: a cooldown ending, a limit resetting, or a
+            # token refresh (retried every few seconds) landing
+            first_back, who = min(cooling + limited) if cooling or limited else (math.inf, "")
+            wait = max(1, math.ceil(first_back - now)) if first_back != math.inf else REFRESH_RETRY_SECONDS
+            if refreshing and wait > REFRESH_RETRY_SECONDS:
+                wait, who = REFRESH_RETRY_SECONDS, refreshing[0]
+            parts = ([f"{n} refreshing its access token" for n in refreshing]
+                     + [f"{n} cooling down until {iso(u)}" for u, n in cooling]
+                     + [f"{n} limited until {iso(u)}" for u, n in limited] + out)
             return NoRoute(503, "no_accounts", "no_accounts",
                            f"no pool account can serve right now; {who} should be back in {wait}s ({'; '.join(parts)})",
                            retry_after=wait)

@@ -193,7 +193,7 @@ class Lifecycle:
         while True:
             try:
                 for name, reason in self.tokens.due(self.pool.now()):
-                    self.spawn(self.tokens.refresh_account(name, reason))
+                    self.tokens.refresh_shared(name, reason)
             except Exception as e:
                 log.error("codex-pool: token check failed: %s", describe_error(e))
             await asyncio.sleep(TOKEN_CHECK_SECONDS)
@@ -203,7 +203,7 @@ class Lifecycle:
         while True:
             await asyncio.sleep(USAGE_POLL_TICK_SECONDS)
             try:
-                await self.tokens.poll_due(self.spawn)
+                await self.tokens.poll_due()
             except Exception as e:
                 log.error("codex-pool: usage poll failed: %s", describe_error(e))
 

@@ -1,11 +1,14 @@
 """Routing and credentials: every forwardable request gets an account from the pool (sticky by
 conversation, failover chains honoured) and that account's credentials, or an honest local
-answer when none can serve. A failure of our own answers 503 locally: nothing ever goes upstream
-with the client's own credentials."""
+answer when none can serve. A request whose account needs only a token refresh waits for it
+(bounded). A failure of our own answers 503 locally: nothing ever goes upstream with the
+client's own credentials."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -13,8 +16,9 @@ from codex_pool.core import conversation, failover, ledger, paths
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
-from codex_pool.core.router import NoRoute
+from codex_pool.core.router import AwaitRefresh, NoRoute
 from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials, lower_headers
+from codex_pool.upstream.tokens import TokenService
 
 log = logging.getLogger("codex_pool")
 
@@ -22,9 +26,20 @@ log = logging.getLogger("codex_pool")
 ROUTING_HEADERS = frozenset(name.encode() for name in (*conversation.HEADER_KEYS, *ledger.KIND_HEADERS))
 
 
+class _Wanted(NamedTuple):
+    """What routing read from one request."""
+
+    path: str  # without our failover marker
+    headers: dict[str, str]  # ROUTING_HEADERS by lower-case name
+    marker: str | None  # the failover chain marker the request came back with
+    conversation: str | None  # hashed conversation key
+    upgrade: bool  # a WebSocket upgrade
+
+
 class Routing:
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, tokens: TokenService):
         self.pool = pool
+        self.tokens = tokens
         self._fingerprints: dict[str, str] = {}  # access token -> its tag, so each token is hashed once
 
     def _fingerprint(self, token: str) -> str:
@@ -35,22 +50,26 @@ class Routing:
             tag = self._fingerprints[token] = fingerprint(token)
         return tag
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync for every request but one whose account needs a token refresh first: that one
+        returns the wait-then-route coroutine, which mitmproxy awaits before anything goes upstream."""
         if flow.response is not None or flow.error is not None or paths.is_local(flow.request.path):
-            return
+            return None
         try:
             if not paths.is_forwardable(flow.request.path):
                 answer_error(flow, 404, "not_found", "not_forwarded",
                              f"codex-pool forwards only {paths.FORWARD_PREFIX}… to the ChatGPT backend; "
                              f"point your client's base URL at http://<proxy>{paths.FORWARD_PREFIX}codex")
-                return
-            self._route(flow)
+                return None
+            wanted = self._read(flow)
+            return self._place(flow, wanted, may_wait=True)
         except Exception as e:
             self._fail_closed(flow, e)
+        return None
 
-    def _route(self, flow: http.HTTPFlow) -> None:
+    def _read(self, flow: http.HTTPFlow) -> _Wanted:
+        """What routing needs from the request, read once (the failover marker is removed here)."""
         pool, request = self.pool, flow.request
-        now = pool.now()
         path = request.path
         headers = lower_headers(request.headers, ROUTING_HEADERS)
         marker = request.query.get(failover.MARKER) if failover.MARKER in path else None
@@ -60,23 +79,47 @@ class Routing:
         key = conversation.conversation_key(headers, lambda: request.get_content(strict=False) if request.raw_content else None)
         hashed = conversation.hash_key(pool.secret, key) if key else None
         upgrade = headers.get("upgrade", "").lower() == "websocket"
-        chain = pool.chains.find(marker, hashed if upgrade else None, now)
-        route = pool.router.route(hashed, now, exclude=frozenset(chain.tried) if chain else frozenset())
+        return _Wanted(path, headers, marker, hashed, upgrade)
+
+    def _place(self, flow: http.HTTPFlow, wanted: _Wanted, may_wait: bool) -> Awaitable[None] | None:
+        pool, request = self.pool, flow.request
+        now = pool.now()
+        chain = pool.chains.find(wanted.marker, wanted.conversation if wanted.upgrade else None, now)
+        route = pool.router.route(wanted.conversation, now, exclude=frozenset(chain.tried) if chain else frozenset(),
+                                  may_wait=may_wait)
+        if isinstance(route, AwaitRefresh):
+            return self._after_refresh(flow, wanted, route)
         if isinstance(route, NoRoute):
             answer_no_route(flow, route)
-            log.warning("codex-pool: %s %s answered %d: %s", request.method, path, route.status, route.message)
-            return
+            log.warning("codex-pool: %s %s answered %d: %s", request.method, wanted.path, route.status, route.message)
+            return None
         account = route.account
         drop_client_credentials(request.headers, add=(
             (b"Authorization", b"Bearer " + account.access_token.encode()),
             (b"ChatGPT-Account-ID", account.account_id.encode()),
         ))
-        exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, path, headers),
-                                      self._fingerprint(account.access_token), upgrade=upgrade)
+        exchange = pool.open_exchange(flow.id, route, chain, ledger.request_kind(request.method, wanted.path, wanted.headers),
+                                      self._fingerprint(account.access_token), upgrade=wanted.upgrade)
         flow.comment = comment(exchange)
         pool.events.emit("request.account_selected", account=account.name, reason=route.reason,
                          conversation=route.conversation, attempt=exchange.attempt, pinned_to=route.pinned_to,
-                         path=paths.bare(path))
+                         path=paths.bare(wanted.path))
+        return None
+
+    async def _after_refresh(self, flow: http.HTTPFlow, wanted: _Wanted, wait: AwaitRefresh) -> None:
+        """The request's account only needs fresh tokens: wait (bounded) for the refresh, shared
+        with every other request waiting for it and with another proxy on the pool folder (its lock),
+        then route again — on the fresh tokens, or elsewhere, or with the honest answer."""
+        try:
+            refreshed = await self.tokens.refresh_for_request(wait.accounts)
+            if flow.response is not None or flow.error is not None:
+                return  # the client went away while it waited
+            if not refreshed:
+                log.warning("codex-pool: %s %s waited for a token refresh of %s that did not land",
+                            flow.request.method, wanted.path, ", ".join(wait.accounts))
+            self._place(flow, wanted, may_wait=False)
+        except Exception as e:
+            self._fail_closed(flow, e)
 
     def _fail_closed(self, flow: http.HTTPFlow, e: BaseException) -> None:
         """Our own code failed: answer locally so nothing goes upstream with the client's credentials."""

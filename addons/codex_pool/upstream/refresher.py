@@ -150,14 +150,16 @@ def _with_tokens(account: Account, tokens: TokenSet) -> Account:
     from codex_pool.core.auth_file import decode_claims
 
     try:
-        exp = decode_claims(tokens.access_token).get("exp")
+        claims = decode_claims(tokens.access_token)
     except AuthFileError:
-        exp = None
+        claims = {}
+    exp, iat = claims.get("exp"), claims.get("iat")
     return replace(
         account,
         access_token=tokens.access_token,
         id_token=tokens.id_token or account.id_token,
         refresh_token=tokens.refresh_token or account.refresh_token,
-        access_expires_at=float(exp) if isinstance(exp, (int, float)) else None,
+        access_expires_at=float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None,
+        access_issued_at=float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None,
         last_refresh=datetime.fromtimestamp(time.time(), timezone.utc),
     )

@@ -1,8 +1,9 @@
 """Keeping every account's tokens fresh: which accounts to refresh now, and retry backoff.
 
-A background loop asks `due()` which accounts to refresh (access token expiring within the
-margin, or no `exp` and `last_refresh` older than 8 days), skipping accounts in backoff after a
-transient failure. No mitmproxy imports.
+A background loop asks `due()` which accounts to refresh (access token within its lead time of
+expiry — the margin, or half the lifetime of a short-lived token — or no `exp` and `last_refresh`
+older than 8 days), skipping accounts paced after a refresh or in backoff after a transient
+failure; an expired token is never held back. No mitmproxy imports.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from codex_pool.core import refresh_policy
 from codex_pool.core.auth_file import Account
 from codex_pool.upstream.refresher import PERMANENT, RefreshResult, Refresher
 
-
-MIN_INTERVAL = 300.0  # seconds between proactive refreshes of one account
 
 
 @dataclass
@@ -47,8 +46,8 @@ class TokenKeeper:
 
     def record(self, name: str, result: RefreshResult, now: float) -> None:
         if result.ok:
-            # tokens that come back already inside the margin are not refreshed again at once
-            self._retry[name] = _Retry(0, now + MIN_INTERVAL)
+            # tokens that come back already inside their lead time are not refreshed again at once
+            self._retry[name] = _Retry(0, now + refresh_policy.pace(result.account))
             return
         if result.outcome == PERMANENT:
             self._retry.pop(name, None)

@@ -28,7 +28,7 @@ log = logging.getLogger("codex_pool")
 # connection: mid-traffic, on the event loop, a stall every proxied stream would feel. It is imported
 # above, with the addon, instead.
 
-REFRESH_AFTER_401_TIMEOUT = 20.0
+REFRESH_WAIT_SECONDS = 20.0  # the longest a request waits for its account's token refresh (after a 401 too)
 REAUTH_WINDOW = 60.0  # a 401 on tokens refreshed for a 401 this recently is a real auth problem
 POLLS_PER_TICK = 4
 
@@ -51,6 +51,7 @@ class TokenService:
         self.poller: UsagePoller | None = None
         self._refreshed_after_401: dict[str, float] = {}
         self._work: set[asyncio.Task] = set()
+        self._refreshing: dict[str, asyncio.Task[RefreshResult | None]] = {}
 
     def configure(self, config: Config, http: httpx.AsyncClient | None, upstream_base: str | None) -> None:
         """(Re)build the refresher and usage poller for the current settings."""
@@ -83,14 +84,46 @@ class TokenService:
         skip = {n for n in self.pool.registry.accounts if health.peek(n).state == "disabled"}
         return [(a.name, reason) for a, reason in self.keeper.due(self.pool.registry.accounts, now, skip)]
 
+    def refresh_shared(self, name: str, reason: str) -> asyncio.Task[RefreshResult | None]:
+        """The refresh of one account as a task, started now or joined when one is already running
+        (then `reason` is the first caller's): whoever needs it — the keeper, a request waiting for
+        it, a 401 — shares one token call and one application of its result. The task runs to its
+        end even when every waiter gives up."""
+        task = self._refreshing.get(name)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self.refresh_account(name, reason))
+            self._refreshing[name] = task
+            self._work.add(task)
+            task.add_done_callback(lambda t, n=name: (self._work.discard(t), self._refreshing.pop(n, None)
+                                                      if self._refreshing.get(n) is t else None))
+        return task
+
     async def refresh_account(self, name: str, reason: str) -> RefreshResult | None:
-        """Refresh one account now (shared with any refresh already running for it) and apply it."""
+        """Refresh one account now and apply the result (callers share it via `refresh_shared`)."""
         account = self.pool.registry.accounts.get(name)
         if account is None or self.keeper is None:
             return None
         result = await self.keeper.refresh(account, reason, self.pool.now())
         self._apply(account, result, reason)
         return result
+
+    async def refresh_for_request(self, names: tuple[str, ...], timeout: float = REFRESH_WAIT_SECONDS) -> bool:
+        """A request waits for its account's tokens: refresh `names` (joining refreshes in flight)
+        until one of them is refreshed (True), all have failed, or `timeout` has passed (False)."""
+        if self.keeper is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = {self.refresh_shared(name, "on_demand") for name in names}
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return False
+            if any(not t.cancelled() and t.exception() is None and t.result() is not None and t.result().ok
+                   for t in done):
+                return True
+        return False
 
     def _apply(self, before, result: RefreshResult, reason: str) -> None:
         pool, name, now = self.pool, before.name, self.pool.now()
@@ -133,25 +166,25 @@ class TokenService:
             last = self._refreshed_after_401.get(name)
             if last is not None and self.pool.now() - last < REAUTH_WINDOW:
                 return verdict
-            work = asyncio.get_running_loop().create_task(self.refresh_account(name, "unauthorized_recovery"))
-            self._work.add(work)  # runs to its end (and is applied) even if this request stops waiting
-            work.add_done_callback(self._work.discard)
+            work = self.refresh_shared(name, "unauthorized_recovery")  # runs to its end even if we stop waiting
             try:
-                result = await asyncio.wait_for(asyncio.shield(work), REFRESH_AFTER_401_TIMEOUT)
+                result = await asyncio.wait_for(asyncio.shield(work), REFRESH_WAIT_SECONDS)
             except asyncio.TimeoutError:
                 return Verdict("cooldown", "refresh_timeout", "the token refresh after a 401 took too long")
             if result is None:
                 return verdict
             if not result.ok:
                 if result.outcome == PERMANENT:
-                    return Verdict("neutral", "unauthorized")  # _apply disabled it, saying why
+                    # _apply disabled it, saying why; the request goes on to another account like after
+                    # any account failure: a pool 401 never reaches a client (which would refresh its own)
+                    return Verdict("auth", "reauth_required", result.detail, disable_as="reauth_required")
                 return Verdict("cooldown", "refresh_failed", result.detail)
             self._refreshed_after_401[name] = self.pool.now()
         return Verdict("retry", "token_refreshed", "retrying with refreshed tokens")
 
-    async def poll_due(self, spawn) -> None:
-        """One tick of usage polling: up to a few accounts whose poll is due. A 401 asks for a
-        refresh through `spawn` (a background task), so the tick never waits on it."""
+    async def poll_due(self) -> None:
+        """One tick of usage polling: up to a few accounts whose poll is due. A 401 starts a
+        refresh in the background (`refresh_shared`), so the tick never waits on it."""
         poller = self.poller
         if poller is None:
             return
@@ -167,6 +200,6 @@ class TokenService:
             if result.kind == "ok" and result.limits is not None:
                 registry.record_rate_limits(name, result.limits)
             elif result.kind == "unauthorized":
-                spawn(self.refresh_account(name, "unauthorized_recovery"))
+                self.refresh_shared(name, "unauthorized_recovery")
             elif result.kind == "forbidden":
                 log.info("codex-pool: usage polling paused for %s (403); the account stays in service", name)
