@@ -139,13 +139,13 @@ class Proxy(Proc):
     """Real mitmdump running addons/pool.py in reverse mode in front of `upstream`."""
 
     def __init__(self, upstream: str, workdir: Path, config: str | None = None, extra: list[str] | None = None,
-                 scripts: list[Path] | None = None):
+                 scripts: list[Path] | None = None, entry: Path | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.config_path = workdir / "mitm.yaml"
         if config is not None or not self.config_path.exists():
             self.config_path.write_text(config if config is not None else "pool_dir: pool\ndata_dir: data\n")
-        argv = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "pool.py")]
+        argv = [str(BIN / "mitmdump"), "-s", str(entry or ROOT / "addons" / "pool.py")]  # entry: a copy to edit
         for s in scripts or []:
             argv += ["-s", str(s)]
         argv += [

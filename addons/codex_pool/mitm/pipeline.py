@@ -5,7 +5,9 @@ per event, whether the addon implements the hook or not; a request has at least 
 the addons listed in addons/pool.py sit behind one `Pipeline`, which calls, for each hook,
 exactly the parts that implement it, in list order — the calls mitmproxy would make, without
 walking the others. Each part stays a small addon class that owns its hooks and state; the
-pipeline owns nothing but the order. Parts' options and commands are registered in `load`.
+pipeline owns nothing but the order. Parts' options and commands are registered in `load`. While
+loaded, the pipeline is attached to the reload guard (mitm/reload_guard.py), which answers every
+request itself when a reload of addons/pool.py fails.
 
 Each part is called as mitmproxy would call a separate addon: an exception is logged and the
 next part still runs (mitmproxy's `safecall`; OptionsError and AddonHalt pass through), and a
@@ -21,13 +23,14 @@ from collections.abc import Callable, Sequence
 
 from mitmproxy import exceptions
 
+from codex_pool.mitm import reload_guard
 from codex_pool.mitm.flows import describe_error
 
 log = logging.getLogger("codex_pool")
 
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error",
               "websocket_start", "websocket_message", "websocket_end")
-LIFECYCLE_HOOKS = ("configure", "running", "done")  # load: see Pipeline.load
+LIFECYCLE_HOOKS = ("configure",)  # load, running, done: see Pipeline
 
 
 class Pipeline:
@@ -37,21 +40,41 @@ class Pipeline:
             calls = [getattr(p, name) for p in self.parts if callable(getattr(p, name, None))]
             if calls:
                 setattr(self, name, _fan_out(calls))
+        self._parts_running = _fan_out([p.running for p in self.parts if callable(getattr(p, "running", None))])
+        self._parts_done = _fan_out([p.done for p in self.parts if callable(getattr(p, "done", None))])
+        self._master = None
 
     def load(self, loader) -> None:
         """Each part's load (options, the content view), then its mitmproxy commands: mitmproxy
         collects commands only from the addons it walks, and it walks only the pipeline."""
+        self._master = loader.master
         for part in self.parts:
             load = getattr(part, "load", None)
             if callable(load):
                 load(loader)
             loader.master.commands.collect_commands(part)
 
+    def running(self):
+        """The parts start, then the pipeline tells the reload guard that codex-pool serves."""
+        result = self._parts_running()
+        if self._master is not None:
+            reload_guard.ensure(self._master).attach(self)
+        return result
+
+    def done(self):
+        """Unloaded (a reload, or shutdown): the guard answers for the pool until a pipeline is back."""
+        guard = self._master.addons.get(reload_guard.GUARD_NAME) if self._master is not None else None
+        if guard is not None:
+            guard.detach(self)
+        return self._parts_done()
+
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(type(p).__name__ for p in self.parts)})"
 
 
 def _fan_out(calls: list[Callable]) -> Callable:
+    if not calls:
+        return lambda *args: None
     if len(calls) == 1:
         return calls[0]  # nothing to fan out: mitmproxy calls the part itself
     if any(inspect.iscoroutinefunction(c) for c in calls):
