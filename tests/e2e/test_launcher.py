@@ -59,9 +59,13 @@ def test_demo_shows_stickiness_and_spreading_then_stops_cleanly(tmp_path):
         assert [f.stem for f in pool_files] == ["alice", "bob", "carol"]
         for f in pool_files:
             assert oct(f.stat().st_mode & 0o777) == "0o600"
+        # #11.3: the demo's usage, state and events stay in its own folder, never in the user's data
+        assert wait_for(lambda: list((tmp_path / "data" / "demo" / "data").glob("ledger/*")), 10, "the demo's ledger")
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["demo"]
     finally:
         children = subprocess.run(["pgrep", "-P", str(demo.proc.pid)], capture_output=True, text=True).stdout.split()
         demo.proc.send_signal(signal.SIGTERM)
         demo.proc.wait(20)
     assert children, "the demo started no processes"
     wait_for(lambda: not [c for c in children if Path(f"/proc/{c}").exists()], 10, "the demo's processes to exit")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["demo"]  # not even at shutdown

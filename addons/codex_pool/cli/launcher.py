@@ -81,10 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_demo(config: Config, *, web: bool, extra: list[str]) -> int:
+    """Everything the demo writes lives under data_dir/demo (its pool, its own data: ledger, state,
+    events) and starts afresh each time: the user's ledger, state and event log are never touched."""
     demo_dir = config.data_dir / "demo"
-    pool_dir = demo_dir / "pool"
-    if pool_dir.exists():
-        shutil.rmtree(pool_dir)
+    pool_dir, data_dir = demo_dir / "pool", demo_dir / "data"
+    for old in (pool_dir, data_dir):
+        if old.exists():
+            shutil.rmtree(old)
     demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     print("demo: starting the simulated ChatGPT backend with sample accounts", ", ".join(DEMO_ACCOUNTS), flush=True)
     fake = subprocess.Popen(
@@ -103,7 +106,7 @@ def run_demo(config: Config, *, web: bool, extra: list[str]) -> int:
         demo_config = demo_dir / "mitm.yaml"
         demo_config.write_text(
             "# written by scripts/run --demo: the sample pool on the simulated backend\n"
-            f"pool_dir: {pool_dir}\ndata_dir: {config.data_dir}\npolicy: {config.policy}\n"
+            f"pool_dir: {pool_dir}\ndata_dir: {data_dir}\npolicy: {config.policy}\n"
             f"listen: {config.listen}\nupstream: {fake_url}\n"
         )
         argv = mitm_command(load_config(demo_config), demo_config, web=web, upstream=fake_url, extra=extra)
