@@ -240,6 +240,25 @@ def test_bad_config_edit_keeps_previous_settings(start, tmp_path):
     assert set(served_by(backend)) == {"alice", "bob"}
 
 
+def test_a_data_dir_edit_is_refused_while_running_and_the_rest_applies(start, tmp_path):
+    """#11.4: a new data_dir used to move the event log and the conversation key while the ledger
+    and state stayed behind. Now the running proxy keeps its data_dir, says so, applies the rest."""
+    base = "pool_dir: pool\npool_scan_seconds: 0.2\nledger_flush_seconds: 0.2\n"
+    backend, proxy = start(["alice", "bob"], config=base + "data_dir: data\npolicy: fill_first\n")
+    assert turn(proxy, "kept").status_code == 200
+    mark = len(proxy.lines)
+    (tmp_path / "mitm.yaml").write_text(base + "data_dir: elsewhere\npolicy: round_robin\n")
+    proxy.wait_for(r"data_dir changed in .*mitm\.yaml .*keeps using .*data until it is restarted", 6, start=mark)
+    proxy.wait_for(r"reloaded .*mitm\.yaml", 6, start=mark)
+    backend.clear_requests()
+    for i in range(4):
+        assert turn(proxy, f"d{i}").status_code == 200
+    assert set(served_by(backend)) == {"alice", "bob"}  # round_robin: the rest of the edit applies
+    assert turn(proxy, "kept").status_code == 200 and served_by(backend)[-1] == "alice"  # the conversation kept its account
+    wait_for(lambda: sum(1 for _ in (tmp_path / "data" / "ledger").rglob("*.json")), 10, "the ledger in the old data_dir")
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_admin_endpoints_require_the_admin_token_when_set(start):
     backend, proxy = start(["alice"], config="pool_dir: pool\ndata_dir: data\nadmin_token: a-long-admin-secret-value\n")
     assert proxy.http.get("/admin/accounts").status_code == 403

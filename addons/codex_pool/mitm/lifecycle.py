@@ -6,6 +6,7 @@ state, flushing the ledger and the event log). Started in `running`, stopped in 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -247,6 +248,13 @@ class Lifecycle:
         except ConfigError as e:
             log.warning("codex-pool: %s — keeping the previous settings until the file is fixed", e)
             return
+        if new.data_dir != config.data_dir:
+            # the ledger, state file, event log and conversation-hash key are open there: moving them
+            # under a running proxy would split the ledger and orphan every sticky conversation
+            log.warning("codex-pool: data_dir changed in %s (%s → %s); this proxy keeps using %s until it is "
+                        "restarted (its ledger, state, event log and conversation key are open there). The other "
+                        "settings are applied.", config.source, config.data_dir, new.data_dir, config.data_dir)
+            new = dataclasses.replace(new, data_dir=config.data_dir)
         if new != config:
             folder = self.folder
             self._apply_config(new)
