@@ -40,7 +40,8 @@ def make_pool(*names, max_attempts=3):
 
 def serve(pool, flow_id, conversation=None, marker=None):
     chain = pool.chains.find(marker, conversation, NOW)
-    route = pool.router.route(conversation, NOW, exclude=frozenset(chain.tried) if chain else frozenset())
+    route = pool.router.route(conversation, NOW, exclude=frozenset(chain.tried) if chain else frozenset(),
+                              fresh=chain is not None and chain.fresh)  # as mitm/routing.py does
     return pool.open_exchange(flow_id, route, chain, "sse_turn", "fp")
 
 
@@ -56,6 +57,23 @@ def test_a_failed_answer_goes_to_another_account_until_max_attempts_then_the_hon
     assert s2.action == failover.ANSWER  # max_attempts reached although "c" could serve
     assert s2.no_route.status == 503 and "already failed" in s2.no_route.message
     assert [e for e, _ in pool.events.seen].count("request.failover") == 1
+
+
+def test_a_new_conversation_failing_over_is_pinned_to_the_account_that_serves_it():
+    """#11.9: the chain remembers that the failed try was the conversation's first placement."""
+    pool = make_pool("a", "b", "c")
+    first = serve(pool, "f1", conversation="new")
+    s = pool.settle(first, Verdict("cooldown", "server_error"), NOW, answer_sent=False, status=500)
+    assert s.chain.fresh
+    second = serve(pool, "f2", conversation="new", marker=s.chain.marker())
+    assert second.account != first.account and second.pinned_to is None and second.reason != "standin"
+    assert pool.router.sticky.get("new", NOW) == second.account
+    pool.settle(second, OK, NOW, answer_sent=False)
+    known = serve(pool, "f3", conversation="new")  # a conversation that was served: its failover keeps the pin
+    s = pool.settle(known, Verdict("cooldown", "server_error"), NOW, answer_sent=False, status=500)
+    assert not s.chain.fresh
+    standin = serve(pool, "f4", conversation="new", marker=s.chain.marker())
+    assert (standin.reason, standin.pinned_to) == ("standin", second.account)
 
 
 def test_every_account_limited_answers_429_with_the_earliest_reset():

@@ -214,3 +214,42 @@ def test_is_usable_agrees_with_unusable_reason_in_every_state():
         seen[name] = reg.is_usable(name, now)
     assert seen == {"ok": True, "old": False, "cool": False, "cooled": True, "lim": False, "off": False, "missing": False}
     assert reg.usable_names(now) == ["cooled", "ok"]
+
+
+def test_a_conversation_keeps_one_stand_in_for_the_whole_outage():
+    """#11.9: each turn of a conversation whose account was briefly out went to the next stand-in
+    in turn, so no stand-in's prompt cache warmed up."""
+    reg = registry("a", "b", "c", "d")
+    router = Router(reg, "round_robin", 3600)
+    now = time.time()
+    assert router.route("k", now).account.name == "a"
+    reg.health.apply("a", Verdict("cooldown", "server_error_503", retry_after=60), now)
+    stand_ins = []
+    for i in range(6):
+        router.route(f"other-{i}", now + 1 + i)  # other new conversations move the policy's cursor meanwhile
+        r = router.route("k", now + 1 + i)
+        stand_ins.append(r.account.name)
+        assert (r.reason, r.pinned_to) == ("standin", "a")
+    assert len(set(stand_ins)) == 1
+    reg.health.apply(stand_ins[0], Verdict("cooldown", "server_error_503", retry_after=60), now + 10)
+    second = router.route("k", now + 10)  # the stand-in itself went out: another one, kept from then on
+    assert second.account.name not in ("a", stand_ins[0]) and router.route("k", now + 11).account.name == second.account.name
+    back = router.route("k", now + 100)  # a's cooldown is over: home again
+    assert (back.account.name, back.reason) == ("a", "sticky")
+
+
+def test_a_new_conversation_whose_first_try_failed_is_pinned_where_it_was_served():
+    """#11.9: a brand-new conversation stayed pinned to the account whose first attempt failed."""
+    from codex_pool.core.failover import Chains
+
+    reg = registry("a", "b")
+    router = Router(reg, "fill_first", 3600)
+    now = time.time()
+    first = router.route("new", now)
+    assert (first.account.name, first.reason) == ("a", "fill_first")
+    reg.health.apply("a", Verdict("cooldown", "server_error_503", retry_after=5), now)
+    chain = Chains().start("a", "new", now, fresh=True)
+    retry = router.route("new", now, exclude=frozenset(chain.tried), fresh=chain.fresh)
+    assert retry.account.name == "b" and retry.pinned_to is None
+    later = router.route("new", now + 60)  # a is back: the conversation stays where its cache is
+    assert (later.account.name, later.reason) == ("b", "sticky")

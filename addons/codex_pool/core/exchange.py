@@ -10,6 +10,9 @@ from typing import Any
 from codex_pool.core.turn import TurnObserver
 
 
+KEPT_PLACEMENTS = frozenset({"sticky", "standin", "pinned"})  # Route reasons that kept a conversation's account
+
+
 @dataclass
 class WsTurn:
     """One WebSocket turn in progress (response.create → a terminal event)."""
@@ -45,6 +48,11 @@ class Exchange:
     turn: dict[str, Any] | None = None  # TurnObserver.summary() of the (last) turn
     ws_turns: int = 0
     ws_turn: WsTurn | None = field(default=None, repr=False)  # the WebSocket turn in progress
+
+    def placed_fresh(self) -> bool:
+        """This try placed its conversation anew (a policy choice or a move), rather than on the
+        account already serving it: nothing of the conversation is cached on that account yet."""
+        return self.conversation is not None and self.reason not in KEPT_PLACEMENTS
 
     def ledger_outcome(self) -> str:
         return outcome_label(failed_over=self.failover is not None, cancelled=self.outcome == "client_cancelled",

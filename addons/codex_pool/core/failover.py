@@ -35,6 +35,7 @@ class Chain:
     created: float = 0.0
     refreshed: set[str] = field(default_factory=set)  # accounts given a second try after a token refresh
     conversation: str | None = None  # a WebSocket reconnect of this conversation continues the chain
+    fresh: bool = False  # the conversation had not been served before its first try: it moves with the chain
 
     @property
     def attempt(self) -> int:
@@ -60,9 +61,10 @@ class Chains:
         chain_id = marker.split(".", 1)[0] if marker else self._by_conversation.get(conversation or "")
         return self._chains.get(chain_id) if chain_id else None
 
-    def start(self, first_account: str, conversation: str | None, now: float) -> Chain:
-        """A new chain for a request that failed on `first_account` and goes to another one."""
-        chain = Chain(secrets.token_hex(8), [first_account], now, conversation=conversation)
+    def start(self, first_account: str, conversation: str | None, now: float, fresh: bool = False) -> Chain:
+        """A new chain for a request that failed on `first_account` and goes to another one.
+        `fresh`: the failed try was the conversation's first placement (no prompt cache to keep)."""
+        chain = Chain(secrets.token_hex(8), [first_account], now, conversation=conversation, fresh=fresh)
         self._chains[chain.id] = chain
         if conversation:
             self._drop(self._by_conversation.get(conversation))  # one chain per conversation

@@ -137,7 +137,7 @@ class Pool:
         tried = list(chain.tried) if chain is not None else [account]
         if verdict.kind == "retry":  # fresh tokens: this account is not to blame and may serve again
             if chain is None:
-                chain = self.chains.start(account, exchange.conversation, now)
+                chain = self.chains.start(account, exchange.conversation, now, fresh=exchange.placed_fresh())
                 exchange.chain = chain.id
             chain.refreshed.add(account)
             if account in chain.tried:
@@ -155,7 +155,7 @@ class Pool:
         if action == failover.ANSWER:
             return Settlement(failover.ANSWER, verdict.reason, chain, self.router.unavailable(now, frozenset(tried)))
         if chain is None:
-            chain = self.chains.start(account, exchange.conversation, now)
+            chain = self.chains.start(account, exchange.conversation, now, fresh=exchange.placed_fresh())
             exchange.chain = chain.id
         exchange.failover = verdict.reason
         self.metrics.failover(verdict.reason)

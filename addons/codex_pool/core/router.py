@@ -10,6 +10,7 @@ cache afterwards; an account out for longer, disabled or gone loses the conversa
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from codex_pool.core.accounts import AccountRegistry, iso
@@ -19,6 +20,7 @@ from codex_pool.core.selection import choose
 from codex_pool.core.stickiness import StickyMap
 
 
+MAX_STANDINS = 10_000  # conversations remembered with their stand-in (outages are short; not saved)
 REFRESH_RETRY_SECONDS = 5  # Retry-After while an account waits for a token refresh that did not land in time
 
 
@@ -70,6 +72,7 @@ class Router:
         self.repin_after = repin_after
         self.sticky = StickyMap(sticky_ttl)
         self.pinned: str | None = None
+        self._standins: OrderedDict[str, str] = OrderedDict()  # conversation -> its stand-in while its account is out
         self._lanes = {"conversation": _Lane(), "keyless": _Lane()}
 
     def reconfigure(self, policy: str, sticky_ttl: float, repin_after: float | None = None) -> None:
@@ -89,13 +92,19 @@ class Router:
         return self.registry.health.out_for(name, now) <= self.repin_after
 
     def route(self, conversation: str | None, now: float, exclude: frozenset[str] = frozenset(),
-              may_wait: bool = True) -> Route | NoRoute | AwaitRefresh:
+              may_wait: bool = True, fresh: bool = False) -> Route | NoRoute | AwaitRefresh:
         """Where this request goes. `may_wait`: an account that needs only a token refresh is waited
         for (AwaitRefresh) rather than left — the conversation's own account, or any when no other
-        can serve; the caller routes again with `may_wait=False` once the refresh is done or given up."""
+        can serve; the caller routes again with `may_wait=False` once the refresh is done or given up.
+        `fresh`: a failover of the conversation's first placement — the account that failed it is not
+        its own yet, so it is placed again (and pinned to whichever account serves it)."""
         pin_of_conversation = self.sticky.get(conversation, now) if conversation else None
+        if fresh and pin_of_conversation in exclude:
+            pin_of_conversation = None
         if pin_of_conversation is not None and self.pinned is None and pin_of_conversation not in exclude:
             if self.registry.is_usable(pin_of_conversation, now):
+                if self._standins:
+                    self._standins.pop(conversation, None)  # back on its own account: the outage is over
                 return self._serve(pin_of_conversation, "sticky", conversation, None, now)  # the common case, cheaply
             if may_wait and self.registry.needs_refresh(pin_of_conversation, now):
                 return AwaitRefresh((pin_of_conversation,))
@@ -109,6 +118,10 @@ class Router:
             if self.keeps_pin(pin_of_conversation, now):
                 standin_for = pin_of_conversation
         pinned = self.pinned if self.pinned in usable else None
+        standin = self._standins.get(conversation) if standin_for is not None and pinned is None else None
+        if standin is not None and standin in usable and standin not in exclude:
+            # one stand-in for the whole outage, so its prompt cache warms up (not the next account in turn)
+            return self._serve(standin, "standin", conversation, standin_for, now)
         choice = choose(
             candidates,
             policy=self.policy,
@@ -127,12 +140,20 @@ class Router:
             lane.last_picked[choice.name] = now
             if standin_for is not None:
                 reason = "standin"
+                self._remember_standin(conversation, choice.name)
             elif pin_of_conversation is not None:
                 reason = "repinned"
+                self._standins.pop(conversation, None)
         if choice.reason == "pinned" and pin_of_conversation is not None and (
                 pin_of_conversation in usable or self.keeps_pin(pin_of_conversation, now)):
             standin_for = pin_of_conversation if pin_of_conversation != choice.name else None
         return self._serve(choice.name, reason, conversation, standin_for, now)
+
+    def _remember_standin(self, conversation: str, name: str) -> None:
+        self._standins[conversation] = name
+        self._standins.move_to_end(conversation)
+        while len(self._standins) > MAX_STANDINS:
+            self._standins.popitem(last=False)
 
     def _serve(self, name: str, reason: str, conversation: str | None, standin_for: str | None, now: float) -> Route:
         if conversation:

@@ -86,7 +86,7 @@ class Routing:
         now = pool.now()
         chain = pool.chains.find(wanted.marker, wanted.conversation if wanted.upgrade else None, now)
         route = pool.router.route(wanted.conversation, now, exclude=frozenset(chain.tried) if chain else frozenset(),
-                                  may_wait=may_wait)
+                                  may_wait=may_wait, fresh=chain is not None and chain.fresh)
         if isinstance(route, AwaitRefresh):
             return self._after_refresh(flow, wanted, route)
         if isinstance(route, NoRoute):
