@@ -259,6 +259,30 @@ def test_a_data_dir_edit_is_refused_while_running_and_the_rest_applies(start, tm
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_second_proxy_on_the_same_data_dir_is_refused_at_start(start, tmp_path):
+    """#11.12: two proxies may share a pool folder, never a data_dir (the ledger, state and event
+    log each have one writer). The second says which process holds it and what to do."""
+    backend, proxy = start(["alice"])
+    argv = [str(BIN / "mitmdump"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", f"reverse:{backend.url}@127.0.0.1:0",
+            "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf2'}",
+            "--set", f"pool_config={tmp_path / 'mitm.yaml'}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"data_dir {tmp_path / 'data'} is in use by another codex-pool proxy (pid {proxy.proc.pid})" in out, out[-2000:]
+    assert "Give each proxy a data_dir of its own (they may share pool_dir)" in out
+    assert turn(proxy, "still-serving").status_code == 200
+    proxy.proc.kill()  # even a killed proxy frees its data_dir (the lock goes with the process)
+    proxy.proc.wait(10)
+    again = Proxy(backend.url, tmp_path / "again", (tmp_path / "mitm.yaml").read_text()
+                  .replace("pool_dir: pool", f"pool_dir: {tmp_path / 'pool'}")
+                  .replace("data_dir: data", f"data_dir: {tmp_path / 'data'}"))
+    try:
+        assert turn(again, "after").status_code == 200
+    finally:
+        again.stop()
+
+
 def test_admin_endpoints_require_the_admin_token_when_set(start):
     backend, proxy = start(["alice"], config="pool_dir: pool\ndata_dir: data\nadmin_token: a-long-admin-secret-value\n")
     assert proxy.http.get("/admin/accounts").status_code == 403

@@ -19,8 +19,9 @@ from codex_pool.core.pool import Pool
 from codex_pool.core.pool_scan import PoolScan
 from codex_pool.mitm.flows import describe_error
 from codex_pool.storage.config_file import load_config
+from codex_pool.storage.data_dir_lock import DataDirInUse, claim_data_dir
 from codex_pool.storage.event_log import EventLog, Events
-from codex_pool.storage.files import mtime_ns
+from codex_pool.storage.files import FileLock, mtime_ns
 from codex_pool.storage.ledger_store import LedgerStore
 from codex_pool.storage.ledger_writer import LedgerWriter
 from codex_pool.storage.pool_folder import PoolFolder
@@ -35,6 +36,18 @@ STATE_SAVE_SECONDS = 5.0
 TOKEN_CHECK_SECONDS = 5.0
 USAGE_POLL_TICK_SECONDS = 1.0
 RETENTION_EVERY_SECONDS = 3600.0
+
+
+def keep_data_dir(new: Config, current: Config) -> Config:
+    """A running proxy keeps its data_dir: its ledger, state file, event log and conversation-hash key
+    are open there (moving them would split the ledger and orphan every sticky conversation), and
+    it holds that folder's lock. The rest of `new` applies."""
+    if new.data_dir == current.data_dir:
+        return new
+    log.warning("codex-pool: data_dir changed in %s (%s → %s); this proxy keeps using %s until it is restarted "
+                "(its ledger, state, event log and conversation key are open there). The other settings are applied.",
+                new.source, current.data_dir, new.data_dir, current.data_dir)
+    return dataclasses.replace(new, data_dir=current.data_dir)
 
 
 class Lifecycle:
@@ -52,6 +65,7 @@ class Lifecycle:
         self._scan_lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task] = set()
         self._running = False
+        self._data_lock: FileLock | None = None  # this process's claim on data_dir
 
     # ---- mitmproxy hooks -------------------------------------------------------------------
 
@@ -70,6 +84,14 @@ class Lifecycle:
             config = self._read_config(Path(ctx.options.pool_config))
         except ConfigError as e:
             raise exceptions.OptionsError(f"pool_config: {e}") from None
+        previous = self.pool.config
+        if previous is not None and self._data_lock is not None:
+            config = keep_data_dir(config, previous)
+        else:  # before anything is written there: one proxy per data_dir
+            try:
+                self._data_lock = claim_data_dir(config.data_dir)
+            except (DataDirInUse, OSError) as e:
+                raise exceptions.OptionsError(f"codex-pool: {e}") from None
         self._apply_config(config)
         if not self._running:  # start-up: read the pool before the first request
             self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
@@ -101,6 +123,14 @@ class Lifecycle:
             task.cancel()
         self._tasks.clear()
         self._running = False
+        try:
+            self._save_at_shutdown()
+        finally:  # the data_dir is free once its files are flushed (a reload takes it again at once)
+            lock, self._data_lock = self._data_lock, None
+            if lock is not None:
+                lock.release()
+
+    def _save_at_shutdown(self) -> None:
         if self.events.log is not None:
             self.events.log.flush()
         if self.ledger is not None:
@@ -248,13 +278,7 @@ class Lifecycle:
         except ConfigError as e:
             log.warning("codex-pool: %s — keeping the previous settings until the file is fixed", e)
             return
-        if new.data_dir != config.data_dir:
-            # the ledger, state file, event log and conversation-hash key are open there: moving them
-            # under a running proxy would split the ledger and orphan every sticky conversation
-            log.warning("codex-pool: data_dir changed in %s (%s → %s); this proxy keeps using %s until it is "
-                        "restarted (its ledger, state, event log and conversation key are open there). The other "
-                        "settings are applied.", config.source, config.data_dir, new.data_dir, config.data_dir)
-            new = dataclasses.replace(new, data_dir=config.data_dir)
+        new = keep_data_dir(new, config)
         if new != config:
             folder = self.folder
             self._apply_config(new)

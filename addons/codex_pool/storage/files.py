@@ -188,6 +188,13 @@ class FileLock:
             time.sleep(min(delay, left))
             delay = min(delay * 2, self._POLL_MAX)
 
+    def note(self, text: str) -> None:
+        """Replace the lock file's content while holding it (e.g. the holder's pid, for messages)."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.path}: not held")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, text.encode(), 0)
+
     def release(self) -> None:
         """Drop the lock and close the file; does nothing when not held."""
         fd, self._fd = self._fd, None
