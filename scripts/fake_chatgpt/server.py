@@ -63,6 +63,7 @@ class Outcome:
     events: list = dataclasses.field(default_factory=list)
     delay: float = 0.0
     cut_after: int | None = None
+    hang: float = 0.0  # seconds before anything at all is sent (the `hang` fault)
     fault: str | None = None
     response_id: str | None = None
     on_complete: Callable[[], None] | None = None
@@ -503,7 +504,7 @@ class FakeChatGPT:
         acct.model_requests += 1
         acct.roll_windows(now)
         fault = self.state.take_fault(acct.name, transport, prewarm=not generate)
-        delay = cfg.stream_delay
+        delay, hang = cfg.stream_delay, 0.0
         cut_after = None
         model = body.get("model") or models_mod.DEFAULT_MODEL
         resp_id = R.new_id("resp")
@@ -515,6 +516,8 @@ class FakeChatGPT:
                 return Outcome("error", status=status, body=ebody, headers=eh, fault=k)
             if k == "drop":
                 return Outcome("drop", fault=k)
+            if k == "hang":
+                hang = float(fault.params.get("seconds", 3600.0))
             if k == "slow":
                 delay = max(delay, float(fault.params.get("seconds", fault.params.get("delay", 1.0))))
             elif k == "cut":
@@ -598,6 +601,7 @@ class FakeChatGPT:
             events=events,
             delay=delay,
             cut_after=cut_after,
+            hang=hang,
             fault=fault.kind if fault else None,
             response_id=resp_id,
             on_complete=complete,
@@ -605,6 +609,8 @@ class FakeChatGPT:
 
     async def _answer_http_turn(self, conn, writer, entry: dict, outcome: Outcome) -> bool:
         entry["fault"] = outcome.fault
+        if outcome.hang:  # accepted, then silence: not even the headers
+            await asyncio.sleep(outcome.hang)
         if outcome.kind == "drop":
             entry["status"] = None
             entry["dropped"] = True

@@ -88,6 +88,7 @@ MODEL_FAULTS = {
     "status",
     "unauthorized",
     "slow",
+    "hang",
     "cut",
     "drop",
     "failed",
