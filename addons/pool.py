@@ -20,6 +20,7 @@ from codex_pool.mitm.models_cache import ModelsCache
 from codex_pool.mitm.pipeline import Pipeline
 from codex_pool.mitm.routing import Routing
 from codex_pool.mitm.verdicts import Verdicts
+from codex_pool.mitm.watchdog import StreamWatchdog
 from codex_pool.mitm.websockets import WebSocketTurns
 from codex_pool.upstream.tokens import TokenService
 
@@ -37,6 +38,7 @@ addons = [
         Routing(pool, tokens),  # request: account + credentials (after a refresh it waits for), or an honest answer
         Verdicts(pool, tokens),  # responseheaders/response/error: stream tap, failover, ledger
         WebSocketTurns(pool, tokens),  # websocket_message/_end: turns, error frames, ledger
+        StreamWatchdog(pool),  # request: watch it; an upstream silent too long is cut, the account cooled
         Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts
     ]),
 ]

@@ -44,6 +44,8 @@ class Config:
     ledger_flush_seconds: float = 2.0
     ledger_retention_days: float = 400.0
     inspect_body_limit_kb: int = 512
+    first_byte_timeout_seconds: float = 120.0  # no answer from upstream this long: cut, cool, client retries elsewhere
+    stream_idle_timeout_seconds: float = 240.0  # a started stream silent this long: ended like a cut stream
     prices: dict = dataclasses.field(default_factory=dict)  # model -> {input, cached_input, output} $/1M tokens
     source: Path | None = None  # the file this came from, None for built-in defaults
 
@@ -141,6 +143,8 @@ _VALIDATORS = {
     "ledger_flush_seconds": lambda k, v: _number(k, v, minimum=0.1, maximum=60),
     "ledger_retention_days": lambda k, v: _number(k, v, minimum=1, maximum=36500),
     "inspect_body_limit_kb": lambda k, v: _integer(k, v, minimum=0, maximum=1 << 20),
+    "first_byte_timeout_seconds": lambda k, v: _number(k, v, minimum=0, maximum=3600),
+    "stream_idle_timeout_seconds": lambda k, v: _number(k, v, minimum=0, maximum=3600),
     "prices": lambda k, v: _prices(k, v),
 }
 

@@ -45,6 +45,9 @@ class Exchange:
     failover: str | None = None  # why the client was sent to another account
     error: str | None = None  # transport error message
     ttfb_ms: float | None = None
+    opened_at: float = 0.0  # when the request was routed (about when it went upstream)
+    first_byte_at: float | None = None  # when upstream's answer began (its headers)
+    stalled: str | None = None  # the watchdog cut it: first_byte_timeout | stream_idle_timeout
     turn: dict[str, Any] | None = None  # TurnObserver.summary() of the (last) turn
     ws_turns: int = 0
     ws_turn: WsTurn | None = field(default=None, repr=False)  # the WebSocket turn in progress

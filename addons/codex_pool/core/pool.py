@@ -96,7 +96,7 @@ class Pool:
         exchange = Exchange(
             account=name, reason=route.reason, conversation=route.conversation, pinned_to=route.pinned_to,
             kind=kind, token=token, attempt=chain.attempt if chain else 1, chain=chain.id if chain else None,
-            tried=tuple(chain.tried) if chain else (), upgrade=upgrade,
+            tried=tuple(chain.tried) if chain else (), upgrade=upgrade, opened_at=self.now(),
         )
         if chain is not None:
             chain.tried.append(name)

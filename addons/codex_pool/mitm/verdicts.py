@@ -34,8 +34,9 @@ class Verdicts:
         try:
             redact_pool_token(flow, exchange.account)
             response = flow.response
+            now = exchange.first_byte_at = self.pool.now()
             content_type, codex = answer_headers(response.headers)
-            limits = quota.from_headers(codex, self.pool.now())
+            limits = quota.from_headers(codex, now)
             if limits is not None:
                 self.pool.registry.record_rate_limits(exchange.account, limits)
             if content_type.startswith("text/event-stream"):
@@ -116,8 +117,11 @@ class Verdicts:
             if tap is not None:
                 self._absorb(flow, exchange, tap)
             if not exchange.judged:  # the exchange broke before an answer could be judged
-                verdict = classify_transport_error(exchange.error)
-                flow.comment += f" · {exchange.error}"
+                if exchange.stalled is not None:  # the watchdog cut it: the upstream went silent
+                    verdict = Verdict("cooldown", exchange.stalled, f"upstream sent nothing ({exchange.stalled})")
+                else:
+                    verdict = classify_transport_error(exchange.error)
+                flow.comment += f" · {exchange.stalled or exchange.error}"
                 exchange.judged = True
                 if verdict.kind == "neutral":
                     exchange.outcome = "client_cancelled"
