@@ -65,3 +65,17 @@ def test_event_times_are_formatted_exactly_as_datetime_does():
     for ts in times:
         want = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         assert _iso(ts) == want, ts
+
+
+def test_a_line_torn_by_a_killed_writer_is_ended_before_new_lines(tmp_path):
+    from codex_pool.storage.event_log import EventLog
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"ts":"2026-12-01T00:00:00Z","event":"a"}\n{"ts":"2026-12-01T00:00:01Z","ev')
+    log = EventLog(path)
+    log.put("account.cooldown", {"account": "alice"})
+    log.put("account.recovered", {"account": "alice"})
+    assert log.flush() == 2
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and lines[1].endswith('"ev')
+    assert [json.loads(line)["event"] for line in lines[2:]] == ["account.cooldown", "account.recovered"]

@@ -21,11 +21,13 @@ from codex_pool.mitm.flows import describe_error
 from codex_pool.storage.config_file import load_config
 from codex_pool.storage.data_dir_lock import DataDirInUse, claim_data_dir
 from codex_pool.storage.event_log import EventLog, Events
-from codex_pool.storage.files import FileLock, mtime_ns
+from codex_pool.storage.files import FileLock, mtime_ns, sweep_temp_files
 from codex_pool.storage.ledger_store import LedgerStore
 from codex_pool.storage.ledger_writer import LedgerWriter
 from codex_pool.storage.pool_folder import PoolFolder
+from codex_pool.storage.pool_temp import recover_temp_files
 from codex_pool.storage.secret_file import load_secret
+from codex_pool.storage.spent_tokens import SpentTokens
 from codex_pool.storage.state_file import StateFile
 from codex_pool.upstream.tokens import TokenService, make_client
 
@@ -93,8 +95,8 @@ class Lifecycle:
             except (DataDirInUse, OSError) as e:
                 raise exceptions.OptionsError(f"codex-pool: {e}") from None
         self._apply_config(config)
-        if not self._running:  # start-up: read the pool before the first request
-            self._report(self.folder.scan() if self.folder else PoolScan(), initial=True)
+        if not self._running:  # start-up: read the pool before the first request (and any refresh)
+            self._report(self._scan_folder(self.folder) if self.folder else PoolScan(), initial=True)
             self._open_persistence(config)
         else:  # changed while running: rescan off the event loop, serialised with the watcher
             self.spawn(self.rescan())
@@ -179,7 +181,13 @@ class Lifecycle:
             self.tokens.configure(self.pool.config, http, upstream_base())
 
     def _open_persistence(self, config: Config) -> None:
-        """Start-up: open the usage ledger and bring back the saved serving state."""
+        """Start-up: clear what killed writers left, open the usage ledger, bring back the saved
+        serving state and the refresh tokens already spent."""
+        swept = sweep_temp_files(config.data_dir)  # this process holds data_dir's lock: no write is in progress
+        if swept:
+            log.info("codex-pool: removed %d temp file(s) a killed writer left in %s", len(swept), config.data_dir)
+        if self.tokens.spent is None:
+            self.tokens.spent = SpentTokens.open(config.data_dir, self.pool.secret)
         if self.ledger is None:
             store = LedgerStore(config.data_dir / "ledger")
             for warning in store.open():
@@ -298,7 +306,7 @@ class Lifecycle:
                 return PoolScan()
 
             def look() -> tuple[PoolScan, int | None]:
-                return folder.scan(), mtime_ns(source) if source is not None else None
+                return self._scan_folder(folder), mtime_ns(source) if source is not None else None
 
             scan, mtime = await asyncio.to_thread(look)
             if folder is self.folder:
@@ -306,6 +314,15 @@ class Lifecycle:
         if source is not None:
             await self._reload_config(mtime)
         return scan
+
+    @staticmethod
+    def _scan_folder(folder: PoolFolder) -> PoolScan:
+        """The pool folder's files, after settling what killed refreshes left (blocking: start-up, or
+        the watcher's worker thread)."""
+        for name, outcome in recover_temp_files(folder.path):
+            if outcome == "adopted":
+                log.warning("codex-pool: adopted the newer tokens a killed refresh left in %s", name)
+        return folder.scan()
 
     def _report(self, scan: PoolScan, initial: bool) -> None:
         registry = self.pool.registry

@@ -31,6 +31,7 @@ class EventLog:
         self._queue: collections.deque[tuple[float, str, dict[str, Any]]] = collections.deque(maxlen=max_queue)
         self.dropped = 0
         self._warned = False
+        self._checked_tail = False  # the file's last line was checked for a tear (once per process)
 
     def emit(self, event: str, **fields: Any) -> None:
         """Queue one event; never blocks, never raises."""
@@ -59,9 +60,18 @@ class EventLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._rotate_if_needed(len(data))
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            with os.fdopen(fd, "ab") as f:
-                f.write(data)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                if not self._checked_tail:  # a writer killed mid-line left a torn last line: end it first
+                    self._checked_tail = True
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        data = b"\n" + data
+                view = memoryview(data)  # one write(2) per batch in practice: a kill leaves whole lines
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
         except OSError as e:
             if not self._warned:
                 log.warning("codex-pool: cannot write the event log %s (%s); events are dropped until it can", self.path, e)

@@ -118,6 +118,21 @@ def remove_stale_temp_files(folder: Path, older_than_seconds: float = STALE_TEMP
     return removed
 
 
+def sweep_temp_files(data_dir: Path) -> list[Path]:
+    """Every temp file of a killed writer in `data_dir` and its ledger folders, whatever its age.
+    Only for the process holding data_dir's lock (storage/data_dir_lock.py): then no other writer
+    can be at work there."""
+    removed = remove_stale_temp_files(data_dir, older_than_seconds=0)
+    ledger = data_dir / "ledger"
+    try:
+        months = [e.path for e in os.scandir(ledger) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        months = []
+    for month in months:
+        removed += remove_stale_temp_files(Path(month), older_than_seconds=0)
+    return removed
+
+
 # --- the lock ----------------------------------------------------------------------------------------
 
 

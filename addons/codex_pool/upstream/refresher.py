@@ -5,7 +5,8 @@
   the re-read to the write-back, so two proxies on one pool folder never both refresh.
 - Under the lock the file is read again: tokens that changed on disk (another process, or the
   user replaced the file) are adopted instead of refreshed.
-- A refresh token is never presented twice by this process.
+- A refresh token is never presented twice, across restarts too (storage/spent_tokens.py), and one
+  refused for good is not presented again at all.
 - The answer is written back atomically, keeping every key and the file's form (token_file.py).
 
 No mitmproxy imports; the HTTP client is injected (one shared httpx.AsyncClient).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ import httpx
 
 from codex_pool.core import refresh_policy
 from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.storage.spent_tokens import SpentTokens
 from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, write_tokens
 
 log = logging.getLogger("codex_pool")
@@ -50,14 +53,16 @@ def _read_account(path: Path) -> Account:
 
 class Refresher:
     def __init__(self, client: httpx.AsyncClient, token_url: str, client_id: str = refresh_policy.CODEX_CLIENT_ID,
-                 lock_timeout: float = 30.0, request_timeout: float = 30.0):
+                 lock_timeout: float = 30.0, request_timeout: float = 30.0, spent: SpentTokens | None = None):
         self.client = client
         self.token_url = token_url
         self.client_id = client_id
         self.lock_timeout = lock_timeout
         self.request_timeout = request_timeout
         self._inflight: dict[str, asyncio.Task[RefreshResult]] = {}
-        self._presented: set[str] = set()
+        # refresh tokens presented (answer unknown) or refused: never presented again, across restarts
+        # when the store has a file (data_dir), else for this process's life
+        self.spent = spent if spent is not None else SpentTokens(None, secrets.token_bytes(32))
         self.calls = 0  # token endpoint calls made by this process
 
     async def refresh(self, account: Account, reason: str) -> RefreshResult:
@@ -96,33 +101,40 @@ class Refresher:
             if not disk.refresh_token:
                 return RefreshResult(PERMANENT, None, "no_refresh_token",
                                      f"{account.path.name} has no refresh token")
-            if disk.refresh_token in self._presented:
+            refusal = self.spent.refusal(disk.refresh_token)
+            if refusal is not None:  # refused for good before (maybe before a restart): not asked again
+                return RefreshResult(PERMANENT, None, refusal, f"this refresh token was refused before ({refusal})")
+            if disk.refresh_token in self.spent:
                 return RefreshResult(TRANSIENT, None, "already_presented",
-                                     "this refresh token was already used; waiting for the file to change")
+                                     "this refresh token was already presented and its answer lost; waiting for the file to change")
             return await self._call_token_endpoint(disk, reason)
         finally:
             await asyncio.to_thread(lock.release)
 
     async def _call_token_endpoint(self, disk: Account, reason: str) -> RefreshResult:
         assert disk.refresh_token is not None
-        self._presented.add(disk.refresh_token)
+        token = disk.refresh_token
+        await asyncio.to_thread(self.spent.sent, token)  # remembered before it leaves: a kill now still knows
         self.calls += 1
         payload = {"client_id": self.client_id, "grant_type": "refresh_token", "refresh_token": disk.refresh_token,
                    "refresh_reason": reason}
         try:
             resp = await self.client.post(self.token_url, json=payload, timeout=self.request_timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            self._presented.discard(disk.refresh_token)  # never reached the server: safe to present again
+            await asyncio.to_thread(self.spent.not_consumed, token)  # never reached the server: safe to present again
             return RefreshResult(TRANSIENT, None, "network_error", type(e).__name__)
         except httpx.HTTPError as e:
             # Sent, but the answer was lost: the token may have been consumed. Presenting it again
             # could only earn refresh_token_reused, so wait for the file to change instead.
             return RefreshResult(TRANSIENT, None, "answer_lost", f"{type(e).__name__}; the refresh token may be spent")
         if resp.status_code != 200:
-            # The server answered without new tokens: the old one was not rotated, so a later
-            # retry (after a 5xx) may present it again.
-            self._presented.discard(disk.refresh_token)
+            # The server answered without new tokens. Refused for good: never again. Otherwise (a
+            # 5xx) it was not rotated, and a later retry may present it again.
             kind, code = refresh_policy.classify_failure(resp.status_code, resp.content)
+            if kind == "permanent":
+                await asyncio.to_thread(self.spent.refused, token, code)
+            else:
+                await asyncio.to_thread(self.spent.not_consumed, token)
             return RefreshResult(PERMANENT if kind == "permanent" else TRANSIENT, None, code,
                                  f"token endpoint answered {resp.status_code} ({code})")
         try:
