@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,10 @@ TOKEN_KEY_NAMES = {
     "camel": {"id_token": "idToken", "access_token": "accessToken", "refresh_token": "refreshToken", "account_id": "accountId"},
 }
 _FIX = "replace it with the auth.json written by `codex login` (ChatGPT sign-in)"
+# An auth.json is a few KB (three JWTs and a date). Every reader stops here: 1 MiB is hundreds of
+# times a real one, so nothing real is refused, while a file swapped for a log, a disk image or a
+# bomb costs at most this much to read and parse.
+MAX_AUTH_FILE_BYTES = 1 << 20
 
 
 class AuthFileError(ValueError):
@@ -76,7 +81,8 @@ def decode_claims(token: str) -> dict[str, Any]:
                 "verify_iss": False,
             },
         )
-    except jwt.PyJWTError as e:
+    except Exception as e:  # PyJWTError, and what odd input raises beneath it (a token that is not
+        # UTF-8-encodable, a payload nested deeper than the JSON parser recurses, ...)
         raise AuthFileError(f"undecodable JWT ({e.__class__.__name__})") from None
     if not isinstance(claims, dict):
         raise AuthFileError("JWT payload is not an object")
@@ -112,7 +118,15 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 def _time_claim(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A JWT time claim in seconds, or None (JSON allows integers too large for a float, and the
+    parser reads `Infinity` and `NaN`: none of them is a time)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _str_claim(value: Any) -> str | None:
@@ -120,13 +134,19 @@ def _str_claim(value: Any) -> str | None:
 
 
 def parse_auth(data: bytes, path: Path) -> Account:
-    """Parse the bytes of one pool file. Raises AuthFileError with a reason and the fix."""
+    """Parse the bytes of one pool file. Raises AuthFileError with a reason and the fix, and nothing
+    else whatever the bytes are."""
+    if len(data) > MAX_AUTH_FILE_BYTES:
+        raise AuthFileError(f"{len(data)} bytes, too large for an auth.json (at most {MAX_AUTH_FILE_BYTES}); "
+                            f"{_FIX}")
     try:
         doc = json.loads(data)
     except UnicodeDecodeError:
         raise AuthFileError(f"not UTF-8 text; {_FIX}") from None
     except json.JSONDecodeError as e:
         raise AuthFileError(f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); {_FIX}") from None
+    except RecursionError:
+        raise AuthFileError(f"not an auth.json (JSON nested too deep to read); {_FIX}") from None
     if not isinstance(doc, dict):
         raise AuthFileError(f"not a JSON object; {_FIX}")
     tokens = doc.get("tokens")

@@ -3,6 +3,9 @@
 Headers first (Codex sends `session-id` and `thread-id`; older clients `session_id` /
 `conversation_id`), then the JSON body's `prompt_cache_key`. The body is searched, not parsed,
 unless the key appears more than once: bodies carry the whole history and can be megabytes.
+Whatever the body holds, the lookup answers a key or None and never raises: a body that is not
+JSON, nests deeper than the parser recurses, or is too large to parse has no key (the request is
+still forwarded, just not kept to its conversation's account).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ HEADER_KEYS = ("session-id", "session_id", "thread-id", "conversation_id", "conv
 # unescaped `"prompt_cache_key"` followed by a colon is a key of some object in the body.
 _PROMPT_CACHE_KEY = re.compile(rb'"prompt_cache_key"\s*:\s*"((?:[^"\\]|\\.){1,512})"')
 MAX_KEY_LENGTH = 512
+# An ambiguous body (the key in nested objects too) is parsed whole to find the top-level one. A
+# parse builds Python objects worth several times the text, so only bodies up to this size are
+# parsed: a real request never nests another string-valued `prompt_cache_key` (inside its texts the
+# quotes are escaped), so past this size ambiguity means a hostile body, which gets no key.
+MAX_PARSE_BYTES = 4 * 1024 * 1024
 
 
 def from_headers(headers: Mapping[str, str]) -> str | None:
@@ -40,11 +48,11 @@ def from_body(body: bytes) -> str | None:
         except ValueError:
             return None
         return value.strip() or None if isinstance(value, str) else None
-    if not matches:
+    if not matches or len(body) > MAX_PARSE_BYTES:
         return None
     try:  # ambiguous: several objects carry the key; only the top-level one counts
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError), or nested too deep
         return None
     value = doc.get("prompt_cache_key") if isinstance(doc, dict) else None
     return value.strip()[:MAX_KEY_LENGTH] or None if isinstance(value, str) else None

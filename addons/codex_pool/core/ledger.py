@@ -41,12 +41,28 @@ def request_kind(method: str, path: str, headers: Mapping[str, str]) -> str:
     return "other"
 
 
+# how far into a request body `model` is looked for: Codex and the SDKs write it first, so the
+# lookup (and the decoding of a compressed body for it) never needs more than this much
+MODEL_SCAN_BYTES = 65536
+
+
 def model_from_body(body: bytes | None) -> str | None:
-    """The request's `model` (first occurrence, the top-level key in Codex's bodies)."""
+    """The request's `model` (first occurrence in the first MODEL_SCAN_BYTES, the top-level key in
+    Codex's bodies)."""
     if not body:
         return None
-    m = _MODEL.search(body[:65536])
+    m = _MODEL.search(body[:MODEL_SCAN_BYTES])
     return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def record_outcome(outcome: str, turn: Mapping[str, Any] | None) -> str:
+    """The `outcome` a record gets: the exchange's (`Exchange.ledger_outcome()`), except `unparsed`
+    for an answer that passed as ok although the proxy never saw how it ended, because it could not
+    read the whole stream (`TurnObserver.summary()["unparsed"]`): its tokens are unknown, not zero,
+    and a report must not count it as a free, successful turn."""
+    if outcome == "ok" and turn and turn.get("unparsed") and not turn.get("terminal"):
+        return "unparsed"
+    return outcome
 
 
 def build_record(

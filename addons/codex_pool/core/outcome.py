@@ -11,11 +11,16 @@
 | WebSocket error frame `{"type":"error","status":S}` | as an HTTP answer with status S |
 | other 4xx, client disconnect | neutral: not the account's doing |
 | a stream that ends without response.completed | cooldown (`stream_incomplete`); `response.incomplete` is ok |
+| such a stream the tap could not read whole (an event past its cap, an encoding it cannot undo) | neutral (`unparsed`): its end may be in what was not read |
+
+Every parser here reads what upstream sent and never raises on it: numbers that are not finite
+(JSON's `Infinity`, `1e999`) count as absent, and any body or error object gives a verdict.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,12 +85,15 @@ def _detail(err: Mapping[str, Any]) -> str:
 
 
 def _num(value: Any) -> float | None:
+    """A finite number, or None (an infinite `resets_at` or status would put an account away for
+    ever, or fail `int()`)."""
     if isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        n = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if math.isfinite(n) else None
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -196,4 +204,8 @@ def stream_verdict(observer: Any, now: float, latest: RateLimits | None = None) 
         return classify_ws_error(observer.error, now, latest)
     if observer.incomplete:
         return OK  # e.g. max_output_tokens: the account did its job
+    unparsed = getattr(observer, "unparsed", None)
+    if unparsed:  # the end may be in what could not be read: nothing to hold against the account
+        return Verdict("neutral", "unparsed",
+                       f"the proxy could not read the whole answer ({unparsed}); it was passed on untouched")
     return Verdict("cooldown", "stream_incomplete", "the answer ended before response.completed")

@@ -359,6 +359,13 @@ class SSETap:
 
     It never raises: a failure is recorded in :attr:`error` and parsing stops, while bytes
     keep flowing. The final ``b""`` call marks the end of the stream.
+
+    Its work is bounded whatever upstream sends: an event (or a line that never ends) longer than
+    ``max_event_bytes`` is skipped, not buffered, and the bytes go on untouched. Whenever part of
+    the stream could not be read — such an event, an encoding it cannot undo, its own failure —
+    the observer is told (:meth:`TurnObserver.mark_unparsed`: ``event_too_large``, ``undecodable``,
+    ``tap_failed``), so a turn whose end the tap never saw is recorded as unparsed rather than
+    blamed on the account as an incomplete stream.
     """
 
     def __init__(
@@ -407,8 +414,10 @@ class SSETap:
                     if tail:
                         self._dispatch(self.parser.feed(tail))
                     self._dispatch(self.parser.close())
+                self._note_unparsed()
         except Exception as e:  # a raising stream callable would drop the chunk
             self.error = f"{type(e).__name__}: {str(e)[:120]}"
+            self._note_unparsed()
         return chunk
 
     def drain(self) -> None:
@@ -418,6 +427,22 @@ class SSETap:
                 self._parse_queued()
         except Exception as e:
             self.error = f"{type(e).__name__}: {str(e)[:120]}"
+        self._note_unparsed()
+
+    def _note_unparsed(self) -> None:
+        """Tell the observer when part of the stream could not be read (never raises)."""
+        observer = self.observer
+        if observer is None or observer.unparsed is not None:
+            return
+        try:
+            if self.error is not None:
+                observer.mark_unparsed("tap_failed")
+            elif self.decoder.error is not None:
+                observer.mark_unparsed("undecodable")
+            elif self.parser.overflows:
+                observer.mark_unparsed("event_too_large")
+        except Exception:  # an observer that fails here has nothing more to learn
+            pass
 
     def _parse_queued(self) -> None:
         if not self._queued:
@@ -430,6 +455,8 @@ class SSETap:
         decoded = self.decoder.feed(data)
         if decoded:
             self._dispatch(self.parser.feed(decoded))
+        if self.parser.overflows or self.decoder.error is not None:
+            self._note_unparsed()
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         observer = self.observer

@@ -128,6 +128,8 @@ class TurnObserver:
         self.events: int = 0
         self.deltas: int = 0
         self.garbled: int = 0
+        #: Why part of the stream could not be read (see :meth:`mark_unparsed`), or None.
+        self.unparsed: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +140,14 @@ class TurnObserver:
     def latest_rate_limits(self) -> dict[str, Any] | None:
         """The newest ``codex.rate_limits`` event, or None."""
         return self.rate_limits[-1] if self.rate_limits else None
+
+    def mark_unparsed(self, reason: str) -> None:
+        """The tap could not read all of the stream (an event past its size cap, an encoding it
+        cannot undo, its own failure), though every byte still reached the client. A turn that then
+        never shows its end is not the account's failure — what it said is unknown, not missing —
+        and is recorded as such (outcome.stream_verdict, ledger.record_outcome). The first reason is kept."""
+        if self.unparsed is None:
+            self.unparsed = reason
 
     def count_deltas(self, n: int) -> None:
         """`n` delta events seen without their text (a tap counts them; nothing in them is kept)."""
@@ -222,8 +232,9 @@ class TurnObserver:
             self.incomplete_reason = reason if isinstance(reason, str) else None
 
     def summary(self) -> dict[str, Any]:
-        """The observed facts as a JSON-friendly dict."""
-        return {
+        """The observed facts as a JSON-friendly dict (with `unparsed` only when the stream could not
+        be read whole)."""
+        facts = {
             "response_id": self.response_id,
             "model": self.model,
             "completed": self.completed,
@@ -238,3 +249,6 @@ class TurnObserver:
             "deltas": self.deltas,
             "garbled": self.garbled,
         }
+        if self.unparsed is not None:
+            facts["unparsed"] = self.unparsed
+        return facts

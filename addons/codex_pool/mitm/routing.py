@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from mitmproxy import http
 
-from codex_pool.core import conversation, failover, ledger, paths
+from codex_pool.core import body_decode, conversation, failover, ledger, paths
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
@@ -76,7 +76,16 @@ class Routing:
         if marker is not None:
             del request.query[failover.MARKER]  # ours; upstream never sees it
             path = request.path
-        key = conversation.conversation_key(headers, lambda: request.get_content(strict=False) if request.raw_content else None)
+        body: body_decode.DecodedBody | None = None
+
+        def decoded_body() -> bytes | None:  # only when the headers name no conversation; with a cap
+            nonlocal body
+            body = body_decode.decode_body(request.raw_content, request.headers.get("content-encoding"))
+            return body.data if body.complete else None
+        key = conversation.conversation_key(headers, decoded_body)
+        if body is not None and not body.complete:  # forwarded untouched all the same (core/body_decode.py)
+            log.warning("codex-pool: %s %s: the request body %s; forwarded without a conversation key",
+                        request.method, path, body.detail)
         hashed = conversation.hash_key(pool.secret, key) if key else None
         upgrade = headers.get("upgrade", "").lower() == "websocket"
         return _Wanted(path, headers, marker, hashed, upgrade)

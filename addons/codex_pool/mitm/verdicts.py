@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 
 from mitmproxy import http
 
-from codex_pool.core import failover, ledger, quota
+from codex_pool.core import body_decode, failover, ledger, quota
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.outcome import Verdict, classify_http, classify_transport_error, stream_verdict
 from codex_pool.core.pool import Pool, Settlement
@@ -185,10 +185,12 @@ class Verdicts:
         start = request.timestamp_start
         model = observer.model if observer is not None else None
         if model is None and exchange.kind != "models" and request.raw_content:
-            model = ledger.model_from_body(request.get_content(strict=False))
+            model = ledger.model_from_body(body_decode.decode_body(
+                request.raw_content, request.headers.get("content-encoding"), ledger.MODEL_SCAN_BYTES).data)
         self.pool.account_for(ledger.build_record(
             ts=start, account=exchange.account, kind=exchange.kind, path=request.path, status=exchange.status,
-            outcome=exchange.ledger_outcome(), usage=(exchange.turn or {}).get("usage"), model=model,
+            outcome=ledger.record_outcome(exchange.ledger_outcome(), exchange.turn),
+            usage=(exchange.turn or {}).get("usage"), model=model,
             ttfb_ms=exchange.ttfb_ms, duration_ms=(end - start) * 1000 if start else None,
             attempt=exchange.attempt, conversation=exchange.conversation,
         ))

@@ -6,6 +6,12 @@ A bad file is skipped and reported once per version of the file; it is never mod
 Two files for the same account id: the one whose access token expires last is served (then the
 first by name), the others are listed as duplicates. The only files a scan deletes are the temp
 files of a token write-back killed mid-write (`.<name>.json.tmp-<hex>`, older than a minute).
+
+Whatever is in the folder, a scan ends and costs little: a file is read only up to
+`MAX_AUTH_FILE_BYTES` (larger ones are refused by their size, unread), never through a FIFO or a
+device (a swapped-in FIFO would block the read), and read again when it changed while being read
+(a writer that rewrites in place, not through a rename) so a half-written version is never taken
+for the file. A symlink is followed only when it leads to a file inside the folder: see `_outside`.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ import os
 import stat
 from pathlib import Path
 
-from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
 from codex_pool.core.pool_scan import PoolScan, Problem
 from codex_pool.storage.files import TEMP_NAME, remove_stale_temp_files
 
-MAX_FILE_BYTES = 1 << 20  # an auth.json is a few KB; anything this large is not one
+MAX_FILE_BYTES = MAX_AUTH_FILE_BYTES  # the name this module's callers and tests know
+READ_ATTEMPTS = 3  # reads of a file that keeps changing while it is read, before it waits for the next scan
 
 
 _Signature = tuple[int, int, int]
@@ -56,11 +63,9 @@ class PoolFolder:
             name = entry.name[: -len(".json")]
             path = Path(entry.path)
             try:
-                st = entry.stat()
-                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+                signature = _signature(entry.stat())
             except OSError as e:
                 signature = (-1, -1, -1)
-                st = None
                 err: str | None = f"cannot be read ({e.strerror or e}); check the file"
             else:
                 err = None
@@ -72,7 +77,7 @@ class PoolFolder:
             if err is not None:
                 parsed = Problem(name, path, err)
             else:
-                parsed = self._read(name, path, st)
+                signature, parsed = self._read(name, path, signature)
             current[name] = (signature, parsed)
             if previous is None:
                 result.added.append(name)
@@ -106,18 +111,74 @@ class PoolFolder:
         self._reported_duplicates = {(a, b) for a, b in result.duplicates.items()}
         return result
 
-    def _read(self, name: str, path: Path, st: os.stat_result | None) -> Account | Problem:
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            return Problem(name, path, "is not a regular file; put the auth.json itself here")
-        if st is not None and st.st_size > MAX_FILE_BYTES:
-            return Problem(name, path, f"is {st.st_size} bytes, too large for an auth.json; remove it from the pool folder")
+    def _read(self, name: str, path: Path, signature: _Signature) -> tuple[_Signature, Account | Problem]:
+        """The file parsed, with the signature of the version read (a file rewritten after the scan's
+        `stat` is then not read twice; one that could not be read whole is read again next scan)."""
+        outside = self._outside(path)
+        if outside is not None:
+            return signature, Problem(name, path, outside)
+        real = os.path.realpath(path)
+        for _ in range(READ_ATTEMPTS):
+            try:
+                # O_NOFOLLOW: `real` was just resolved, so a link there now was swapped in since;
+                # O_NONBLOCK: opening a FIFO does not wait for a writer (it is refused below)
+                fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                return signature, Problem(name, path,
+                                          f"cannot be read ({e.strerror or e}); make it readable by the proxy's user")
+            try:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    return signature, Problem(name, path, "is not a regular file; put the auth.json itself here")
+                if before.st_size > MAX_AUTH_FILE_BYTES:
+                    return _signature(before), Problem(
+                        name, path, f"is {before.st_size} bytes, too large for an auth.json (at most "
+                                    f"{MAX_AUTH_FILE_BYTES} bytes); remove it from the pool folder")
+                data = _read_at_most(fd, MAX_AUTH_FILE_BYTES + 1)
+                after = os.fstat(fd)
+            except OSError as e:
+                return signature, Problem(name, path, f"cannot be read ({e.strerror or e}); check the file")
+            finally:
+                os.close(fd)
+            if _signature(before) == _signature(after) and len(data) == after.st_size:
+                break  # one version, read whole
+        else:
+            return (-1, -1, -1), Problem(name, path, "kept changing while it was read; it is read again at the next scan")
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
-        except OSError as e:
-            return Problem(name, path, f"cannot be read ({e.strerror or e}); make it readable by the proxy's user")
-        try:
-            return parse_auth(data, path)
+            return _signature(after), parse_auth(data, path)
         except AuthFileError as e:
-            return Problem(name, path, str(e))
+            return _signature(after), Problem(name, path, str(e))
 
+    def _outside(self, path: Path) -> str | None:
+        """Why a symlink in the pool folder is not followed: it leads outside the folder. The proxy
+        rewrites a pool file when it refreshes the account's tokens, and refresh tokens are single-use:
+        through a link it would rewrite a file it does not own — typically the auth.json Codex itself
+        keeps using and refreshing, so one of the two would soon hold a spent token and be signed out.
+        None for a regular file, or a link that stays inside the folder."""
+        if not os.path.islink(path):
+            return None
+        target = os.path.realpath(path)
+        folder = os.path.realpath(self.path)
+        if os.path.commonpath([folder, target]) == folder:
+            return None
+        return (f"is a symlink to {target}, outside the pool folder; the proxy rewrites a pool file when it "
+                f"refreshes its tokens and would rewrite that file (and spend the refresh token its owner, e.g. "
+                f"Codex, still holds): copy the auth.json into {folder} instead of linking it (then `codex login` "
+                f"again where it came from, so the two do not share one refresh token)")
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from `fd` (several reads: one read may return less than asked)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = os.read(fd, left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

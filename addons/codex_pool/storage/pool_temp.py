@@ -18,10 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
 from codex_pool.storage.files import TEMP_NAME, TMP_MARK, FileLock, fsync_dir
-
-MAX_AUTH_BYTES = 1 << 20  # an auth.json is a few KB; anything bigger is not one
 
 
 def recover_temp_files(folder: Path) -> list[tuple[str, str]]:
@@ -68,8 +66,8 @@ def _settle(tmp: Path, target: Path) -> str | None:
 def _read(path: Path, as_path: Path) -> Account | None:
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_AUTH_BYTES + 1)
-        if len(data) > MAX_AUTH_BYTES:
+            data = f.read(MAX_AUTH_FILE_BYTES + 1)
+        if len(data) > MAX_AUTH_FILE_BYTES:
             return None
         return parse_auth(data, as_path)
     except (OSError, AuthFileError):
