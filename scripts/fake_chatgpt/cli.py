@@ -2,7 +2,8 @@
 
     fake-chatgpt [--host 127.0.0.1] [--port 0] (--accounts N | --names alice,bob)
                  [--pool-dir DIR] [--plan plus] [--access-ttl SECONDS]
-                 [--no-websocket] [--stream-delay S] [--deltas N]
+                 [--access-ttls S1,S2,...] [--initial-access-ages S1,S2,...]
+                 [--no-websocket] [--stream-delay S] [--deltas N] [--schedule FILE]
                  [--tls-dir DIR | --tls-cert PEM --tls-key PEM]
 
 Prints `fake-chatgpt listening at <url>` (flushed) once listening. Tokens are never printed.
@@ -19,7 +20,7 @@ import ssl
 import sys
 
 from .server import FakeChatGPT
-from .state import Config
+from .state import SCHEDULE_ACTIONS, Config
 
 
 def write_auth_file(directory: str, name: str, auth: dict) -> str:
@@ -46,7 +47,12 @@ def make_pool_dir(directory: str) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fake-chatgpt", description="Simulated ChatGPT backend for the Codex CLI.")
+    p = argparse.ArgumentParser(
+        prog="fake-chatgpt",
+        description="Simulated ChatGPT backend for the Codex CLI.",
+        epilog=SCHEDULE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default 0 = any free port)")
     g = p.add_mutually_exclusive_group()
@@ -55,6 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pool-dir", default=None, help="write each account's auth.json as DIR/<name>.json (0600)")
     p.add_argument("--plan", default="plus", help="plan type of the created accounts (default plus)")
     p.add_argument("--access-ttl", type=float, default=None, help="access token lifetime in seconds (default 10 days)")
+    p.add_argument("--access-ttls", type=_floats, default=None, metavar="S1,S2,...",
+                   help="access token lifetime per account, in seconds, in account order (cycled; "
+                        "overrides --access-ttl): short-lived tokens that expire every minute or two")
+    p.add_argument("--initial-access-ages", type=_floats, default=None, metavar="S1,S2,...",
+                   help="per account (cycled): issue the first access token this many seconds ago, "
+                        "so expiries are staggered")
+    p.add_argument("--schedule", default=None, metavar="FILE",
+                   help="JSON file of timed actions ({\"actions\": [...]}, `at` = seconds after start-up), "
+                        "run while serving; see below and GET/POST /_fake/schedule")
     p.add_argument("--no-websocket", action="store_true", help="answer WebSocket upgrades with 426")
     p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between stream events")
     p.add_argument("--deltas", type=int, default=3, help="text deltas per answer")
@@ -63,6 +78,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tls-cert", default=None, help="serve https with this certificate chain (PEM)")
     p.add_argument("--tls-key", default=None, help="private key of --tls-cert (PEM)")
     return p.parse_args(argv)
+
+
+SCHEDULE_HELP = """\
+timed actions (--schedule FILE, or POST /_fake/schedule at run time; GET lists pending and done):
+  each {"at": SECONDS, "do": ACTION, ...}; `at` counts from start-up (from the POST for the API):
+""" + "\n".join(f"  {name:<13} {what}" for name, what in SCHEDULE_ACTIONS.items()) + """
+  e.g. {"actions": [{"at": 30, "do": "limit", "account": "alice", "seconds": 45},
+                    {"at": 40, "do": "fault", "fault": {"kind": "status", "status": 503, "account": "bob"}},
+                    {"at": 60, "do": "revoke", "account": "carol", "refresh_only": true},
+                    {"at": 120, "do": "login", "account": "carol", "write": true}]}
+  A limit turns the window to 100 % until `seconds` from then (turns get 429 usage_limit_reached),
+  then it resets to 0 %. A revoke with refresh_only leaves issued access tokens valid until they
+  expire. A login with write (default with --pool-dir) replaces <pool-dir>/<account>.json.
+
+control API (JSON under /_fake/; all of it in scripts/fake_chatgpt/README.md), among others:
+  POST accounts/NAME/limit {seconds, window?}   the same timed limit, now
+  POST accounts/NAME/revoke {refresh_only?}     revoke every token, or only the refresh tokens
+  POST accounts/NAME/login {write?}             a fresh login; write: also <pool-dir>/NAME.json
+  GET  tokens                                   every token issued so far (for leak scans)
+  GET  state                                    per account also refresh_reused (a rotated refresh
+                                                token presented again), refresh_after_refusal
+  GET  requests                                 completed answers carry completed: true and usage
+"""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
 
 
 def _ssl_context(args) -> ssl.SSLContext | None:
@@ -82,8 +130,14 @@ def _ssl_context(args) -> ssl.SSLContext | None:
 
 async def run(args) -> int:
     config = Config(websocket=not args.no_websocket, stream_delay=args.stream_delay, deltas=args.deltas)
+    schedule = None
+    if args.schedule:
+        with open(args.schedule) as f:
+            schedule = json.load(f)
+        schedule = schedule.get("actions", []) if isinstance(schedule, dict) else schedule
     fake = FakeChatGPT(
-        args.host, args.port, config=config, plan=args.plan, backlog=args.backlog, ssl_context=_ssl_context(args)
+        args.host, args.port, config=config, plan=args.plan, backlog=args.backlog, ssl_context=_ssl_context(args),
+        pool_dir=args.pool_dir,
     )
     if args.names:
         names = [n.strip() for n in args.names.split(",") if n.strip()]
@@ -94,8 +148,10 @@ async def run(args) -> int:
     await fake.start()
     if args.pool_dir:
         make_pool_dir(args.pool_dir)
-    for name in names:
-        auth = fake.add_account(name, plan=args.plan, access_ttl_seconds=args.access_ttl)
+    for i, name in enumerate(names):
+        ttl = args.access_ttls[i % len(args.access_ttls)] if args.access_ttls else args.access_ttl
+        age = args.initial_access_ages[i % len(args.initial_access_ages)] if args.initial_access_ages else 0.0
+        auth = fake.add_account(name, plan=args.plan, access_ttl_seconds=ttl, initial_access_age_seconds=age)
         acct = fake.state.accounts[name]
         where = ""
         if args.pool_dir:
@@ -103,6 +159,8 @@ async def run(args) -> int:
         print(f"fake-chatgpt account {name} {acct.account_id} {acct.plan}{where}", flush=True)
     if args.tls_dir:
         print(f"fake-chatgpt ca certificate {os.path.join(args.tls_dir, 'ca.pem')}", flush=True)
+    if schedule:
+        fake.add_schedule(schedule)
     print(f"fake-chatgpt listening at {fake.url}", flush=True)
 
     stop = asyncio.Event()

@@ -37,7 +37,7 @@ from wsproto.utilities import generate_accept_token, split_comma_header
 
 from . import models as models_mod
 from . import responses as R
-from .state import Account, BackendState, Config, ControlError, Fault
+from .state import Account, BackendState, Config, ControlError, Fault, Schedule
 
 log = logging.getLogger("fake_chatgpt")
 
@@ -67,6 +67,8 @@ class Outcome:
     fault: str | None = None
     response_id: str | None = None
     on_complete: Callable[[], None] | None = None
+    usage: dict | None = None  # the usage a completed answer reports (logged with `completed`)
+    huge: tuple[str, int] | None = None  # the `huge_event` fault (HTTP turns): (shape, bytes)
 
 
 def _error_body(message: str, type_: str | None, code: str | None, status: int | None = None, **extra) -> dict:
@@ -142,6 +144,7 @@ class FakeChatGPT:
         plan: str = "plus",
         backlog: int = DEFAULT_BACKLOG,
         ssl_context: ssl.SSLContext | None = None,
+        pool_dir: str | None = None,
     ):
         if isinstance(config, dict):
             cfg = Config()
@@ -155,6 +158,10 @@ class FakeChatGPT:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self.pool_dir = pool_dir  # where `login` with write:true puts <name>.json (the CLI's --pool-dir)
+        self.schedule = Schedule()
+        self._schedule_task: asyncio.Task | None = None
+        self._schedule_wake: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,9 +194,16 @@ class FakeChatGPT:
             reuse_address=True,
         )
         self._port = self._server.sockets[0].getsockname()[1]
+        self._schedule_wake = asyncio.Event()
+        self._schedule_task = asyncio.get_running_loop().create_task(self._run_schedule())
         return self
 
     async def stop(self) -> None:
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._schedule_task
+            self._schedule_task = None
         if self._server is not None:
             self._server.close()
         for w in list(self._writers):
@@ -214,6 +228,70 @@ class FakeChatGPT:
         """Create an account; returns its auth.json dict. kwargs: email, plan, access_ttl_seconds,
         account_id, user_id, and figures such as primary_used_percent."""
         return self.state.add_account(name, **kwargs)
+
+    # ------------------------------------------------------------------ timed actions
+
+    def add_schedule(self, specs: list) -> list[dict]:
+        """Schedule actions (`at`: seconds from now); see `state.SCHEDULE_ACTIONS`."""
+        added = self.schedule.add(specs, self.state.accounts, time.time())
+        if self._schedule_wake is not None:
+            self._schedule_wake.set()
+        return added
+
+    def write_pool_file(self, name: str, auth: dict) -> str:
+        """Write `<pool_dir>/<name>.json` (0600, atomically), as the CLI's --pool-dir does."""
+        if not self.pool_dir:
+            raise ControlError("this server has no pool folder (start it with --pool-dir) to write to")
+        from .cli import make_pool_dir, write_auth_file  # the CLI owns the file format
+
+        make_pool_dir(self.pool_dir)
+        return write_auth_file(self.pool_dir, name, auth)
+
+    async def _run_schedule(self) -> None:
+        assert self._schedule_wake is not None
+        while True:
+            due = self.schedule.next_due()
+            wait = None if due is None else due["at_unix"] - time.time()
+            if wait is None or wait > 0:
+                self._schedule_wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._schedule_wake.wait(), wait)
+                continue
+            action = self.schedule.take()
+            try:
+                result = self.run_action(action)
+                self.schedule.record(action, time.time(), None, result)
+            except Exception as exc:  # noqa: BLE001 - a bad action is recorded, the schedule goes on
+                self.schedule.record(action, time.time(), str(exc) or type(exc).__name__, None)
+
+    def run_action(self, action: dict) -> dict | None:
+        """Run one scheduled action now; returns a summary without tokens."""
+        st, kind, name = self.state, action["do"], action.get("account")
+        now = time.time()
+        if kind == "fault":
+            return {"fault_id": st.add_fault(action["fault"]).id}
+        if kind == "clear_faults":
+            return {"cleared": st.clear_faults(name, everything=name is None)}
+        if kind == "limit":
+            acct = st.limit(name, action.get("seconds"), action.get("window", "primary"))
+            return {"reset_at": acct["primary_reset_at"] if action.get("window", "primary") == "primary"
+                    else acct["secondary_reset_at"]}
+        if kind == "revoke":
+            st.revoke(name, refresh_only=bool(action.get("refresh_only")))
+            return {"scope": st.accounts[name].revoke_scope}
+        if kind == "login":
+            auth = st.issue_tokens(name, access_ttl=action.get("access_ttl_seconds"))
+            write = action.get("write", self.pool_dir is not None)
+            return {"path": self.write_pool_file(name, auth)} if write else {"path": None}
+        if kind == "expire":
+            return {"expired": st.expire_access(name, now)}
+        if kind == "account":
+            st.update_account(name, action["changes"])
+            return None
+        if kind == "config":
+            st.config.update(action["changes"])
+            return None
+        raise ControlError(f"unknown scheduled action {kind!r}")
 
     # ------------------------------------------------------------------ connection loop
 
@@ -506,6 +584,7 @@ class FakeChatGPT:
         fault = self.state.take_fault(acct.name, transport, prewarm=not generate)
         delay, hang = cfg.stream_delay, 0.0
         cut_after = None
+        huge = None
         model = body.get("model") or models_mod.DEFAULT_MODEL
         resp_id = R.new_id("resp")
         if fault is not None:
@@ -518,6 +597,8 @@ class FakeChatGPT:
                 return Outcome("drop", fault=k)
             if k == "hang":
                 hang = float(fault.params.get("seconds", 3600.0))
+            if k == "huge_event":
+                huge = (str(fault.params.get("shape", "event")), int(fault.params.get("bytes", 12 << 20)))
             if k == "slow":
                 delay = max(delay, float(fault.params.get("seconds", fault.params.get("delay", 1.0))))
             elif k == "cut":
@@ -605,6 +686,8 @@ class FakeChatGPT:
             fault=fault.kind if fault else None,
             response_id=resp_id,
             on_complete=complete,
+            huge=huge,
+            usage=usage,
         )
 
     async def _answer_http_turn(self, conn, writer, entry: dict, outcome: Outcome) -> bool:
@@ -630,6 +713,8 @@ class FakeChatGPT:
             *outcome.headers,
         ]
         await self._send(conn, writer, h11.Response(status_code=200, headers=hdrs, reason=b"OK"))
+        if outcome.huge is not None:
+            return await self._answer_huge_event(conn, writer, entry, outcome)
         events = outcome.events
         limit = len(events)
         if outcome.cut_after is not None:
@@ -646,11 +731,51 @@ class FakeChatGPT:
             entry["response_sha256"] = digest.hexdigest()
             if event["type"] == "response.completed" and outcome.on_complete:
                 outcome.on_complete()
+                entry["completed"] = True
+                entry["usage"] = outcome.usage
         if limit < len(events):
             entry["cut_after"] = limit
             if outcome.delay:
                 await asyncio.sleep(outcome.delay)
             raise _Drop()
+        await self._send(conn, writer, h11.EndOfMessage())
+        return True
+
+    async def _answer_huge_event(self, conn, writer, entry: dict, outcome: Outcome) -> bool:
+        """The `huge_event` fault, after the headers. Shape `event`: the turn as usual, but its
+        `response.completed` event padded (`"padding": "xxx…"`) to `bytes` bytes, one SSE event.
+        Shape `line`: `response.created` and `.in_progress`, then a `data: xxx…` line of `bytes`
+        bytes that never ends (no line end), then the end of the body."""
+        shape, size = outcome.huge or ("event", 0)
+        digest = hashlib.sha256()
+
+        async def send(chunk: bytes) -> None:
+            await self._send(conn, writer, h11.Data(data=chunk))
+            digest.update(chunk)
+            entry["response_sha256"] = digest.hexdigest()
+
+        if shape == "line":
+            for event in outcome.events[:2]:
+                await send(R.sse_encode(event))
+            left = max(0, size)
+            await send(b"data: ")
+            while left > 0:
+                piece = min(left, 1 << 16)
+                await send(b"x" * piece)
+                left -= piece
+            entry["huge_line"] = size
+        else:
+            for event in outcome.events:
+                chunk = R.sse_encode(event)
+                if event["type"] == "response.completed":
+                    pad = max(0, size - len(chunk) - len(',"padding":""'))
+                    chunk = R.sse_encode({**event, "padding": "x" * pad})
+                    entry["huge_event"] = len(chunk)
+                await send(chunk)
+                if event["type"] == "response.completed" and outcome.on_complete:
+                    outcome.on_complete()
+                    entry["completed"] = True
+                    entry["usage"] = outcome.usage
         await self._send(conn, writer, h11.EndOfMessage())
         return True
 
@@ -923,6 +1048,8 @@ class FakeChatGPT:
             await send_frame(event)
             if event["type"] == "response.completed" and outcome.on_complete:
                 outcome.on_complete()
+                entry["completed"] = True
+                entry["usage"] = outcome.usage
         if limit < len(events):
             entry["cut_after"] = limit
             if outcome.delay:
@@ -982,12 +1109,19 @@ class FakeChatGPT:
                     return 200, st.update_account(name, data)
             if rest == ["login"] and method == "POST":
                 data = payload() or {}
-                return 200, st.issue_tokens(name, access_ttl=data.get("access_ttl_seconds"))
+                auth = st.issue_tokens(name, access_ttl=data.get("access_ttl_seconds"))
+                if data.get("write"):
+                    return 200, {**auth, "path": self.write_pool_file(name, auth)}
+                return 200, auth
             if rest == ["auth"] and method == "GET":
                 return 200, acct.current_auth
             if rest == ["revoke"] and method == "POST":
-                st.revoke(name)
+                data = payload() or {}
+                st.revoke(name, refresh_only=bool(data.get("refresh_only")))
                 return 200, {"ok": True}
+            if rest == ["limit"] and method == "POST":
+                data = payload() or {}
+                return 200, st.limit(name, data.get("seconds"), data.get("window", "primary"))
             if rest == ["expire"] and method == "POST":
                 return 200, {"expired": st.expire_access(name, time.time())}
             if rest == ["wham-usage"] and method == "GET":
@@ -1027,6 +1161,22 @@ class FakeChatGPT:
                     key = None if q["account"] in ("", "*global*") else q["account"]
                     return 200, {"cleared": st.clear_faults(key, everything=False)}
                 return 200, {"cleared": st.clear_faults()}
+        if parts == ["tokens"] and method == "GET":
+            return 200, st.issued_tokens()
+        if parts == ["schedule"]:
+            if method == "GET":
+                return 200, self.schedule.view()
+            if method == "POST":
+                data = payload()
+                specs = data.get("actions") if isinstance(data, dict) and "actions" in data else data
+                if isinstance(specs, dict):
+                    specs = [specs]
+                if not isinstance(specs, list):
+                    raise ControlError("body must be an action object, a list, or {\"actions\": [...]}")
+                added = self.add_schedule(specs)
+                return 201, {"added": added, **self.schedule.view()}
+            if method == "DELETE":
+                return 200, {"cleared": self.schedule.clear()}
         if parts == ["config"]:
             if method == "GET":
                 return 200, st.config.as_dict()

@@ -93,6 +93,7 @@ MODEL_FAULTS = {
     "drop",
     "failed",
     "ws_error",
+    "huge_event",
 }
 REFRESH_FAULTS = {"refresh_error", "refresh_slow"}
 FAULT_KINDS = MODEL_FAULTS | REFRESH_FAULTS
@@ -204,6 +205,12 @@ class Account:
     refresh_count: int = 0  # successful refreshes
     refresh_failures: int = 0
     cache_hits: int = 0
+    # refresh tokens presented again (the soak's check): after the token was rotated (answered
+    # refresh_token_reused) or after it was refused for good; a retry after a transient fault is fine
+    refresh_reused: int = 0
+    refresh_after_refusal: int = 0
+    revoked_at: float | None = None
+    revoke_scope: str | None = None  # "all" | "refresh"
 
     def roll_windows(self, now: float) -> None:
         self.primary.roll(now)
@@ -336,6 +343,10 @@ class Account:
             "token_calls": self.token_calls,
             "refresh_count": self.refresh_count,
             "refresh_failures": self.refresh_failures,
+            "refresh_reused": self.refresh_reused,
+            "refresh_after_refusal": self.refresh_after_refusal,
+            "revoked_at": self.revoked_at,
+            "revoke_scope": self.revoke_scope,
         }
 
 
@@ -357,6 +368,9 @@ class BackendState:
         self._seq = itertools.count(1)
         self.token_calls_unknown = 0
         self.started_at = time.time()
+        # refresh token -> result of its last presentation: "ok" (rotated), "refused", "transient"
+        self.refresh_outcomes: dict[str, str] = {}
+        self.id_tokens: list[str] = []  # every id token issued (for leak scans: GET /_fake/tokens)
 
     # ---- accounts and tokens
 
@@ -436,19 +450,42 @@ class BackendState:
         self.access_tokens[ts.access_token] = (name, ts.access_exp)
         self.refresh_tokens[ts.refresh_token] = name
         acct.valid_refresh.add(ts.refresh_token)
+        self.id_tokens.append(ts.id_token)
         acct.revoked = False
+        acct.revoke_scope = None
         auth = tok.auth_json(ts, acct.account_id)
         acct.current_auth = auth
         return copy.deepcopy(auth)
 
-    def revoke(self, name: str) -> None:
-        """Invalidate every token of the account (401 token_invalidated / refresh_token_invalidated)."""
+    def revoke(self, name: str, *, refresh_only: bool = False) -> None:
+        """Invalidate every token of the account (401 token_invalidated / refresh_token_invalidated).
+        `refresh_only`: only its refresh tokens (refresh_token_invalidated); access tokens already
+        issued keep working until they expire, as when a user signs out a session elsewhere."""
         acct = self.account(name)
         acct.revoked = True
-        for token, (owner, _exp) in self.access_tokens.items():
-            if owner == name:
-                self.revoked_access.add(token)
+        acct.revoked_at = time.time()
+        acct.revoke_scope = "refresh" if refresh_only else "all"
+        if not refresh_only:
+            for token, (owner, _exp) in self.access_tokens.items():
+                if owner == name:
+                    self.revoked_access.add(token)
         acct.valid_refresh.clear()
+
+    def limit(self, name: str, seconds: float, window: str = "primary") -> dict:
+        """A timed usage limit: the window is at 100 % until `seconds` from now, then it resets
+        (used 0 %) as any window does (turns meanwhile get 429 usage_limit_reached)."""
+        acct = self.account(name)
+        win = acct.primary if window == "primary" else acct.secondary if window == "secondary" else False
+        if win is False:
+            raise ControlError("limit window must be 'primary' or 'secondary'")
+        if win is None:
+            raise ControlError("this account has no secondary window")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds <= 0:
+            raise ControlError("limit seconds must be a positive number")
+        now = time.time()
+        win.used_percent = 100.0
+        win.reset_at = int(now + float(seconds))
+        return acct.public(now)
 
     def expire_access(self, name: str, now: float) -> int:
         """Expire every access token of the account now (server side; 401 token_expired), keeping
@@ -553,6 +590,21 @@ class BackendState:
             return 401, _oauth_error("invalid_grant", "Invalid refresh token."), None
         acct = self.accounts[name]
         acct.token_calls += 1
+        before = self.refresh_outcomes.get(refresh_token)
+        if before == "ok":
+            acct.refresh_reused += 1
+        elif before == "refused":
+            acct.refresh_after_refusal += 1
+        status, body, who = self._refresh(name, acct, refresh_token, now)
+        if status == 200:
+            self.refresh_outcomes[refresh_token] = "ok"
+        elif status >= 500 or status == 429:
+            self.refresh_outcomes.setdefault(refresh_token, "transient")
+        else:
+            self.refresh_outcomes[refresh_token] = "ok" if before == "ok" else "refused"
+        return status, body, who
+
+    def _refresh(self, name: str, acct: Account, refresh_token: str, now: float):
         fault = self.take_fault(name, "refresh")
         if fault is not None:
             acct.refresh_failures += 1
@@ -592,6 +644,14 @@ class BackendState:
             "scope": "openid profile email offline_access",
         }
         return 200, body, acct
+
+    def issued_tokens(self) -> dict:
+        """Every token string issued so far, for leak scans of what a client or proxy wrote."""
+        return {
+            "access_tokens": list(self.access_tokens),
+            "refresh_tokens": list(self.refresh_tokens),
+            "id_tokens": list(self.id_tokens),
+        }
 
     # ---- faults
 
@@ -688,3 +748,78 @@ def _refresh_fault_answer(fault: Fault) -> tuple[int, dict]:
     code = p.get("code", "refresh_token_expired")
     message = p.get("message", f"Simulated refresh failure ({code}).")
     return status, _oauth_error(code, message, p.get("shape", "object"))
+
+
+# --------------------------------------------------------------------------- timed actions
+
+SCHEDULE_ACTIONS = {
+    "fault": "add a fault: {fault: {kind, account?, count?, match?, ...params}}",
+    "clear_faults": "clear the fault queues: {account?} (one queue, or all)",
+    "limit": "a timed usage limit: {account, seconds, window?: primary|secondary}",
+    "revoke": "revoke the account's tokens: {account, refresh_only?: false}",
+    "login": "a fresh login: {account, access_ttl_seconds?, write?} (write: <pool-dir>/<account>.json)",
+    "expire": "expire the account's access tokens now: {account}",
+    "account": "change account figures: {account, changes: {...}} (as PATCH /_fake/accounts/<name>)",
+    "config": "change the configuration: {changes: {...}} (as POST /_fake/config)",
+}
+
+
+class Schedule:
+    """Actions to run at given times (a fault schedule, timed limits, a revocation and a later
+    re-login, ...): `at` is seconds after the actions were added. Pending and done actions are
+    listed by `view()`; done ones carry `ran_at` and `ok`/`error`, never a token."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict] = []
+        self.done: list[dict] = []
+        self._ids = itertools.count(1)
+
+    def add(self, specs: list, accounts: dict, now: float) -> list[dict]:
+        added = []
+        for spec in specs:
+            if not isinstance(spec, dict):
+                raise ControlError("a scheduled action must be a JSON object")
+            action = dict(spec)
+            kind = action.get("do")
+            if kind not in SCHEDULE_ACTIONS:
+                raise ControlError(f"unknown scheduled action {kind!r} (known: {', '.join(sorted(SCHEDULE_ACTIONS))})")
+            at = action.pop("at", 0)
+            if not isinstance(at, (int, float)) or isinstance(at, bool) or at < 0:
+                raise ControlError("a scheduled action's 'at' must be a non-negative number of seconds")
+            name = action.get("account")
+            if kind in ("limit", "revoke", "login", "expire", "account") and name not in accounts:
+                raise ControlError(f"scheduled {kind}: no account named {name!r}", 404)
+            if kind == "fault":
+                fault = action.get("fault")
+                if not isinstance(fault, dict) or fault.get("kind") not in FAULT_KINDS:
+                    raise ControlError("scheduled fault: 'fault' must be a fault object with a known kind")
+                if fault.get("account") is not None and fault["account"] not in accounts:
+                    raise ControlError(f"scheduled fault: no account named {fault['account']!r}", 404)
+            if kind in ("account", "config") and not isinstance(action.get("changes"), dict):
+                raise ControlError(f"scheduled {kind}: 'changes' must be an object")
+            added.append({"id": next(self._ids), "at_unix": now + float(at), **action})
+        self.pending.extend(added)
+        self.pending.sort(key=lambda a: (a["at_unix"], a["id"]))
+        return copy.deepcopy(added)
+
+    def next_due(self) -> dict | None:
+        return self.pending[0] if self.pending else None
+
+    def take(self) -> dict:
+        return self.pending.pop(0)
+
+    def record(self, action: dict, ran_at: float, error: str | None, result: dict | None) -> None:
+        entry = {**action, "ran_at": ran_at, "ok": error is None}
+        if error is not None:
+            entry["error"] = error
+        if result:
+            entry["result"] = result
+        self.done.append(entry)
+
+    def clear(self) -> int:
+        n = len(self.pending)
+        self.pending.clear()
+        return n
+
+    def view(self) -> dict:
+        return {"pending": copy.deepcopy(self.pending), "done": copy.deepcopy(self.done)}
