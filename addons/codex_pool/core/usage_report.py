@@ -19,7 +19,7 @@ from codex_pool.core.ledger import TOKEN_FIELDS  # the usage records' token coun
 
 GROUP_KEYS = ("account", "day", "model")
 TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})
-NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled"})
+NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled", "unparsed"})  # unparsed: served, end unreadable
 COUNT_FIELDS = ("requests", "turns", *TOKEN_FIELDS, "failed_over", "errors", "cancelled")
 COST_DECIMALS = 4
 UNKNOWN = "(unknown)"
