@@ -10,9 +10,14 @@ from mitmproxy import ctx, exceptions, http
 
 from codex_pool.core import paths
 from codex_pool.core.addresses import is_loopback
-from codex_pool.mitm.flows import describe_error, drop_client_credentials
+from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials
 
 log = logging.getLogger("codex_pool")
+
+# Real clients send a few KB of headers. Past this, upstreams drop the connection (the simulated one
+# did at 20,000 headers), which would cool a pool account for the client's request: answered here.
+# Counted only for requests with over 64 header lines, so the usual request pays one len().
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class CredentialGuard:
@@ -35,6 +40,12 @@ class CredentialGuard:
             if paths.is_local(flow.request.path):
                 return
             flow.request.stream = False
+            fields = flow.request.headers.fields
+            if len(fields) > 64 and sum(len(k) + len(v) for k, v in fields) > MAX_HEADER_BYTES:
+                answer_error(flow, 431, "invalid_request_error", "request_headers_too_large",
+                             f"the request's headers are over {MAX_HEADER_BYTES // 1024} KB; not forwarded (an "
+                             "upstream would drop the connection, and the pool account would be blamed for it)")
+                return
             drop_client_credentials(flow.request.headers)
         except Exception as e:
             log.error("codex-pool: requestheaders failed on %s: %s", flow.request.path, describe_error(e))

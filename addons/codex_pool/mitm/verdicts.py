@@ -21,6 +21,8 @@ from codex_pool.upstream.tokens import TokenService
 
 log = logging.getLogger("codex_pool")
 
+ERROR_BODY_BYTES = 1 << 20  # an upstream error body is read (to classify it) this far decoded, never further
+
 
 class Verdicts:
     def __init__(self, pool: Pool, tokens: TokenService):
@@ -67,7 +69,8 @@ class Verdicts:
             else:
                 if response.timestamp_start and flow.request.timestamp_end:
                     exchange.ttfb_ms = round((response.timestamp_start - flow.request.timestamp_end) * 1000, 1)
-                body = response.get_content(strict=False) if response.status_code >= 400 else None
+                body = body_decode.decode_body(response.raw_content, response.headers.get("content-encoding"),
+                                               ERROR_BODY_BYTES).data if response.status_code >= 400 else None
                 verdict = classify_http(response.status_code, response.headers, body, now,
                                         self.pool.latest_limits(exchange.account))
             if self.tokens.may_recover(verdict):  # a 401: refresh first, then judge

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from codex_pool.core.auth_file import TOKEN_KEY_NAMES, detect_key_style
+from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, TOKEN_KEY_NAMES, detect_key_style
 from codex_pool.storage.files import NEW_FILE_MODE, FileLock, lock_path, write_atomic
 
 # The auth tokens a refresh may replace (the TokenSet fields) - not the ledger's usage token counts.
@@ -53,7 +53,9 @@ def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any], os.stat_result]:
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            data = f.read()
+            data = f.read(MAX_AUTH_FILE_BYTES + 1)
+        if len(data) > MAX_AUTH_FILE_BYTES:
+            raise TokenFileError(f"{path}: over {MAX_AUTH_FILE_BYTES} bytes; not an auth.json")
     except OSError as e:
         raise TokenFileError(f"{path}: cannot read ({e.strerror or e})") from None
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from codex_pool.core import refresh_policy
-from codex_pool.core.auth_file import Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
 from codex_pool.storage.spent_tokens import SpentTokens
 from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, write_tokens
 
@@ -48,7 +48,7 @@ class RefreshResult:
 
 def _read_account(path: Path) -> Account:
     with open(path, "rb") as f:
-        return parse_auth(f.read(), path)
+        return parse_auth(f.read(MAX_AUTH_FILE_BYTES + 1), path)  # parse_auth refuses what is over the cap
 
 
 class Refresher:
