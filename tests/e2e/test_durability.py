@@ -117,6 +117,7 @@ def test_a_hundred_kills_mid_write_leave_every_file_readable_and_lose_at_most_a_
         stop.set()
         for t in threads:
             t.join(15)
+        before_final = temp_files(pool, data)
         final = Proxy(backend.url, tmp_path / "proxy", config)
         try:
             wait_for(lambda: all(a["state"] in ("usable", "refreshing") for a in admin_accounts(final).values()), 20,
@@ -124,9 +125,10 @@ def test_a_hundred_kills_mid_write_leave_every_file_readable_and_lose_at_most_a_
             with redirecting_client(final) as c:  # as Codex: a 307 (e.g. after a refresh) is followed
                 r = c.post(RESPONSES, json=turn_body("after"), headers={"session-id": "after"})
             assert r.status_code == 200, r.text
-            leftovers = temp_files(pool, data)
+            swept = [p for p in before_final if not p.exists()]  # the start-up settled what the last kill left
         finally:
             final.stop()
+        leftovers = temp_files(pool, data)
         served = sum(1 for e in backend.requests() if e["path"].startswith(RESPONSES) and e.get("status") == 200)
         sent = backend.state()["accounts"]
     finally:
@@ -143,7 +145,7 @@ def test_a_hundred_kills_mid_write_leave_every_file_readable_and_lose_at_most_a_
           f"lost {lost} ({lost / KILLS:.2f} per kill; one batch is {served / alive[0] * FLUSH_SECONDS:.0f} turns)")
     assert findings == []
     assert torn_event_lines(data) == 0
-    assert leftovers == []
+    assert leftovers == [] and swept == before_final
     assert reused == 0
     per_batch = served / alive[0] * (FLUSH_SECONDS + 0.1)  # turns per flush interval (+ the write's own time)
     assert 0 <= lost <= KILLS * (per_batch + 2)  # per kill: one unflushed batch plus the two turns in flight
