@@ -160,3 +160,28 @@ def test_the_saved_copy_of_an_exchange_is_json_and_has_no_live_turn():
 def test_the_clock_is_the_pools():
     pool = Pool(clock=lambda: 42.0)
     assert pool.now() == 42.0 and pool.live_snapshot(pool.now()) == {"accounts": [], "sticky": 0}
+
+
+def test_a_first_placement_cut_on_the_connection_lets_the_clients_retry_pin_where_it_is_served():
+    """Found by the soak: a conversation whose first request broke on the connection (a drop, or
+    the watchdog before the first byte: the client gets a 502, no 307) stayed pinned to the account
+    that never served it, and went back there from its stand-in once that account recovered."""
+    pool = make_pool("a", "b", "c")
+    first = serve(pool, "f1", conversation="new")
+    pool.registry.health.apply(first.account, Verdict("cooldown", "first_byte_timeout"), NOW)
+    pool.release_fresh_pin(first)  # what the error hook does
+    retry = serve(pool, "f2", conversation="new")  # Codex's own retry: no marker
+    assert retry.account != first.account and retry.reason != "standin" and retry.pinned_to is None
+    assert pool.router.sticky.get("new", NOW + 600) == retry.account  # and it stays there
+
+
+def test_a_websocket_that_served_turns_keeps_its_conversation_through_an_error():
+    """Found by the soak: a WebSocket placed by the policy was re-pinned for good by any later error
+    frame, however many turns it had served."""
+    pool = make_pool("a", "b", "c")
+    ws = serve(pool, "ws", conversation="conv")
+    assert ws.placed_fresh()
+    ws.ws_turns = 3
+    assert not ws.placed_fresh()
+    s = pool.settle(ws, LIMITED, NOW, answer_sent=False, transport="websocket")
+    assert not s.chain.fresh and pool.router.sticky.get("conv", NOW) == ws.account

@@ -54,8 +54,9 @@ class Exchange:
 
     def placed_fresh(self) -> bool:
         """This try placed its conversation anew (a policy choice or a move), rather than on the
-        account already serving it: nothing of the conversation is cached on that account yet."""
-        return self.conversation is not None and self.reason not in KEPT_PLACEMENTS
+        account already serving it, and nothing was served on it yet (a WebSocket that carried
+        turns has): nothing of the conversation is cached on that account."""
+        return self.conversation is not None and self.reason not in KEPT_PLACEMENTS and self.ws_turns == 0
 
     def ledger_outcome(self) -> str:
         return outcome_label(failed_over=self.failover is not None, cancelled=self.outcome == "client_cancelled",

@@ -129,6 +129,8 @@ class Pool:
         exchange.outcome = verdict.kind if verdict.kind != "neutral" else "ok"
         exchange.outcome_reason = verdict.reason if verdict.kind not in ("ok", "neutral") else None
         self.note(self.registry.health.apply(account, verdict, now))
+        if verdict.failed and verdict.kind != "retry":
+            self.release_fresh_pin(exchange)
         chain = self.chains.get(exchange.chain)
         if not verdict.failed:
             if chain is not None and verdict.kind == "ok" and served:
@@ -162,6 +164,13 @@ class Pool:
         self.events.emit("request.failover", account=account, reason=verdict.reason, status=status,
                          attempt=exchange.attempt, conversation=exchange.conversation, transport=transport)
         return Settlement(failover.RETRY, verdict.reason, chain)
+
+    def release_fresh_pin(self, exchange: Exchange) -> None:
+        """A conversation's first placement failed before serving anything: it is not that account's
+        yet, so its pin goes and the next try (a failover, or the client's own retry after a 502 or a
+        cut) is placed — and pinned — where it is served, instead of coming back here later."""
+        if exchange.placed_fresh():
+            self.router.sticky.forget(exchange.conversation, exchange.account)
 
     def account_for(self, record: dict) -> None:
         """One finished exchange (or WebSocket turn): into the ledger and the metrics, same record."""

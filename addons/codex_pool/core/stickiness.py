@@ -37,6 +37,14 @@ class StickyMap:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    def forget(self, key: str, account: str) -> bool:
+        """Drop the conversation's pin if it is (still) on `account`; True when dropped."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != account:
+            return False
+        del self._entries[key]
+        return True
+
     def prune(self, now: float) -> int:
         """Drop idle entries; returns how many were dropped."""
         expired = [k for k, (_, seen) in self._entries.items() if now - seen > self.ttl]

@@ -132,6 +132,7 @@ class Verdicts:
                     flow.marked = ":x:"
                     exchange.outcome, exchange.outcome_reason = verdict.kind, verdict.reason
                     self.pool.note(self.pool.registry.health.apply(exchange.account, verdict, self.pool.now()))
+                    self.pool.release_fresh_pin(exchange)  # the client's retry is placed anew
             if flow.websocket is None:
                 self._close(flow, exchange, tap.observer if tap is not None else None)
         except Exception as e:
