@@ -37,7 +37,7 @@ def unreadable(data: Path, pool: Path) -> list[str]:
             parse_auth(f.read_bytes(), f)
         except Exception as e:  # noqa: BLE001 - any failure is the finding
             bad.append(f"{f.name}: {e}")
-    for f in [data / "state.json", data / "spent-refresh-tokens.json", *(data / "ledger").rglob("*.json")]:
+    for f in [data / "state.json", *pool.glob(".*.spent"), *(data / "ledger").rglob("*.json")]:
         if f.exists():
             try:
                 json.loads(f.read_bytes())

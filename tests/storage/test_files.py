@@ -75,16 +75,17 @@ def test_remove_stale_temp_files_only_old_and_ours(tmp_path):
     ours_old = tmp_path / ".alice.json.tmp-0123456789abcdef"
     ledger_old = tmp_path / ".2026-11-21.0001.json.tmp-0123456789ab"  # the ledger's earlier 12-digit names
     ours_young = tmp_path / ".bob.json.tmp-fedcba9876543210"
+    mark_old = tmp_path / "..alice.json.spent.tmp-0123456789abcdef"  # a spent mark's (storage/spent_tokens.py)
     not_ours = [tmp_path / "alice.json", tmp_path / ".alice.json.lock", tmp_path / "notes.tmp-0123456789abcdef",
                 tmp_path / ".alice.json.tmp", tmp_path / ".alice.txt.tmp-0123456789abcdef"]
-    for p in [ours_old, ledger_old, ours_young, *not_ours]:
+    for p in [ours_old, ledger_old, mark_old, ours_young, *not_ours]:
         p.write_text("x")
     link = tmp_path / ".carol.json.tmp-00000000000000aa"
     link.symlink_to(ours_young)
-    for p in [ours_old, ledger_old, *not_ours]:
+    for p in [ours_old, ledger_old, mark_old, *not_ours]:
         os.utime(p, (old, old))
     os.utime(link, (old, old), follow_symlinks=False)
-    assert sorted(remove_stale_temp_files(tmp_path)) == sorted([ours_old, ledger_old])
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted([ours_old, ledger_old, mark_old])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ours_young.name, link.name] + [p.name for p in not_ours])
     assert remove_stale_temp_files(tmp_path, older_than_seconds=0) == [ours_young]
     assert remove_stale_temp_files(tmp_path / "missing") == []

@@ -153,13 +153,11 @@ async def test_a_refresh_token_whose_answer_was_lost_is_never_presented_again(tm
     assert second.outcome == TRANSIENT and second.code == "already_presented" and len(calls) == 1
 
 
-async def test_spent_and_refused_refresh_tokens_are_remembered_across_restarts(tmp_path):
-    """#11.14: a refresh token whose answer was lost was presented again after every restart (then
-    refused as reused, which disabled the account); one refused for good was asked about again."""
-    from codex_pool.storage.spent_tokens import SpentTokens
-
-    data = tmp_path / "data"
-    data.mkdir()
+async def test_spent_and_refused_refresh_tokens_are_never_presented_again_by_any_proxy(tmp_path):
+    """#11.14 and the soak: a refresh token whose answer was lost was presented again after every
+    restart (then refused as reused, which disabled the account); one refused for good was presented
+    once more by the other proxy on the pool folder. The mark beside the pool file stops both: a new
+    Refresher stands for a restarted or a second proxy."""
     a = account(tmp_path)
     calls = []
 
@@ -167,26 +165,28 @@ async def test_spent_and_refused_refresh_tokens_are_remembered_across_restarts(t
         calls.append(1)
         raise httpx.ReadTimeout("answer lost")
 
-    first = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(lost)), "https://x.test/token",
-                      spent=SpentTokens.open(data, b"k" * 32))
+    first = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(lost)), "https://x.test/token")
     assert (await first.refresh(a, "p")).code == "answer_lost"
     server = TokenServer()
-    restarted = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(server)), "https://x.test/token",
-                          spent=SpentTokens.open(data, b"k" * 32))
-    again = await restarted.refresh(a, "p")
+    other = refresher_for(server)
+    again = await other.refresh(a, "p")
     assert again.code == "already_presented" and server.calls == [] and len(calls) == 1
-    assert a.refresh_token not in (data / "spent-refresh-tokens.json").read_text()  # only keyed digests
+    mark = (tmp_path / ".alice.json.spent").read_text()
+    assert a.refresh_token not in mark and oct((tmp_path / ".alice.json.spent").stat().st_mode & 0o777) == "0o600"
 
     b = account(tmp_path, "bob", refresh_token="rt_bob_refused")
-    refusing = TokenServer(status=400)
-    refusing_r = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(
-        lambda req: httpx.Response(400, json={"error": {"code": "refresh_token_invalidated"}}))),
-        "https://x.test/token", spent=SpentTokens.open(data, b"k" * 32))
-    assert (await refusing_r.refresh(b, "p")).outcome == PERMANENT
-    later = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(refusing)), "https://x.test/token",
-                      spent=SpentTokens.open(data, b"k" * 32))
+    refusing = Refresher(httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda req: httpx.Response(400, json={"error": {"code": "refresh_token_invalidated"}}))), "https://x.test/token")
+    assert (await refusing.refresh(b, "p")).outcome == PERMANENT
+    later = refresher_for(server)
     result = await later.refresh(b, "p")
-    assert (result.outcome, result.code) == (PERMANENT, "refresh_token_invalidated") and refusing.calls == []
+    assert (result.outcome, result.code) == (PERMANENT, "refresh_token_invalidated") and server.calls == []
+
+    c = account(tmp_path, "carol", refresh_token="rt_carol")
+    assert (await refresher_for(TokenServer(status=503)).refresh(c, "p")).outcome == TRANSIENT
+    assert not (tmp_path / ".carol.json.spent").exists()  # a 5xx left it valid: no mark
+    assert (await refresher_for(TokenServer()).refresh(c, "p")).outcome == REFRESHED
+    assert not (tmp_path / ".carol.json.spent").exists()  # the file holds the new token: no mark either
 
 
 async def test_a_successful_refresh_token_is_not_presented_again(tmp_path):

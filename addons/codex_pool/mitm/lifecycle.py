@@ -27,7 +27,6 @@ from codex_pool.storage.ledger_writer import LedgerWriter
 from codex_pool.storage.pool_folder import PoolFolder
 from codex_pool.storage.pool_temp import recover_temp_files
 from codex_pool.storage.secret_file import load_secret
-from codex_pool.storage.spent_tokens import SpentTokens
 from codex_pool.storage.state_file import StateFile
 from codex_pool.upstream.tokens import TokenService, make_client
 
@@ -182,12 +181,10 @@ class Lifecycle:
 
     def _open_persistence(self, config: Config) -> None:
         """Start-up: clear what killed writers left, open the usage ledger, bring back the saved
-        serving state and the refresh tokens already spent."""
+        serving state."""
         swept = sweep_temp_files(config.data_dir)  # this process holds data_dir's lock: no write is in progress
         if swept:
             log.info("codex-pool: removed %d temp file(s) a killed writer left in %s", len(swept), config.data_dir)
-        if self.tokens.spent is None:
-            self.tokens.spent = SpentTokens.open(config.data_dir, self.pool.secret)
         if self.ledger is None:
             store = LedgerStore(config.data_dir / "ledger")
             for warning in store.open():

@@ -26,8 +26,9 @@ from pathlib import Path
 NEW_FILE_MODE = 0o600
 TMP_MARK = ".tmp-"
 STALE_TEMP_SECONDS = 60.0
-# `.<name>.json.tmp-<hex>`: 16 hex digits from write_atomic, 12 from the ledger's earlier writer
-TEMP_NAME = re.compile(r"^\..+\.json\.tmp-[0-9a-f]{12,16}$")
+# `.<name>.json.tmp-<hex>` and `.<name>.json.spent.tmp-<hex>` (spent_tokens.py's marks): 16 hex digits
+# from write_atomic, 12 from the ledger's earlier writer
+TEMP_NAME = re.compile(r"^\..+\.json(\.spent)?\.tmp-[0-9a-f]{12,16}$")
 
 
 def fsync_dir(folder: Path) -> None:

@@ -32,6 +32,8 @@ def recover_temp_files(folder: Path) -> list[tuple[str, str]]:
         return done
     for name in names:
         target = folder / name[1:name.index(TMP_MARK)]  # .alice.json.tmp-<hex> -> alice.json
+        if target.name.startswith(".") or target.suffix != ".json":
+            continue  # not a pool file's (e.g. a spent mark's): the folder scan sweeps it once stale
         lock = FileLock(target, timeout=0)
         try:
             lock.acquire(0)

@@ -1,24 +1,25 @@
-"""Refresh tokens this proxy must never present again, remembered across restarts.
+"""Refresh tokens no proxy may present again, remembered beside the pool file.
 
-Refresh tokens are single-use. A token is written here *before* it is sent to the token endpoint
-(so a kill right after sending still remembers it) and taken off again when the call provably
-did not consume it (the connection failed, or the server answered without rotating it). What stays:
+Refresh tokens are single-use. A token is marked *before* it is sent to the token endpoint (so a
+kill right after sending still knows) and unmarked when the call provably did not consume it (the
+connection failed, or the server answered without rotating it). What stays marked:
 
-- tokens whose answer was lost in transit (the server may have consumed them): presenting one
-  again could only earn `refresh_token_reused`, which disables the account — the account waits for
-  its file to change instead;
-- tokens refused for good (`refresh_token_invalidated`, `…_reused`, `invalid_grant`, …), with the
+- a token whose answer was lost in transit (the server may have consumed it): presenting it again
+  could only earn `refresh_token_reused`, which disables the account — the account waits for its
+  file to change instead;
+- a token refused for good (`refresh_token_invalidated`, `…_reused`, `invalid_grant`, …), with the
   code: the account is reported `reauth_required` at once, without asking the server again.
 
-No token is stored: only its HMAC-SHA256 under the data_dir's own key (the conversation-hash key),
-in `data_dir/spent-refresh-tokens.json` (0600, written atomically). Bounded: the newest
-`MAX_ENTRIES` are kept.
+The mark lives beside the pool file (`pool/.alice.json.spent`, 0600, written atomically, like the
+lock file `pool/.alice.json.lock`), so every proxy sharing the pool folder sees it, and so does the
+same proxy after a restart. It names the token only by its SHA-256 (refresh tokens are long random
+strings: the digest reveals nothing) and holds one token, the file's current one: a new token in
+the file makes the mark stale, and a successful refresh removes it. Callers hold the account's lock.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import time
@@ -28,71 +29,55 @@ from codex_pool.storage.files import write_atomic
 
 log = logging.getLogger("codex_pool")
 
-NAME = "spent-refresh-tokens.json"
-MAX_ENTRIES = 2000
 SENT = "sent"  # presented; whether it was consumed is unknown
+MAX_MARK_BYTES = 4096
+
+
+def mark_path(pool_file: Path) -> Path:
+    return pool_file.with_name(f".{pool_file.name}.spent")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class SpentTokens:
-    def __init__(self, path: Path | None, key: bytes):
-        self.path = path  # None: in memory only
-        self._key = key
-        self._entries: dict[str, list] = {}  # digest -> [status ("sent" or a refusal code), unix time]
+    """Reads and writes the marks (blocking file I/O: async callers go through a thread)."""
 
-    @classmethod
-    def open(cls, data_dir: Path, key: bytes) -> SpentTokens:
-        """The store of `data_dir`; an unreadable file is logged and started afresh."""
-        store = cls(data_dir / NAME, key)
+    def status(self, pool_file: Path, token: str) -> str | None:
+        """`SENT`, a refusal code, or None when this token is not marked."""
         try:
-            doc = json.loads(store.path.read_bytes())
-            entries = doc.get("tokens") if isinstance(doc, dict) else None
-            if isinstance(entries, dict):
-                store._entries = {d: e for d, e in entries.items()
-                                  if isinstance(d, str) and isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)}
+            with open(mark_path(pool_file), "rb") as f:
+                doc = json.loads(f.read(MAX_MARK_BYTES))
+        except (OSError, ValueError):
+            return None
+        if isinstance(doc, dict) and doc.get("sha256") == _digest(token) and isinstance(doc.get("status"), str):
+            return doc["status"]
+        return None
+
+    def refusal(self, pool_file: Path, token: str) -> str | None:
+        status = self.status(pool_file, token)
+        return status if status not in (None, SENT) else None
+
+    def sent(self, pool_file: Path, token: str) -> None:
+        self._write(pool_file, token, SENT)
+
+    def refused(self, pool_file: Path, token: str, code: str) -> None:
+        self._write(pool_file, token, code or "refused")
+
+    def clear(self, pool_file: Path) -> None:
+        """The call left the token valid (it may be presented again), or replaced it."""
+        try:
+            mark_path(pool_file).unlink()
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as e:
-            log.warning("codex-pool: %s is unreadable (%s); starting without it", store.path, e)
-        return store
-
-    def _digest(self, token: str) -> str:
-        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()
-
-    def __contains__(self, token: str) -> bool:
-        return self._digest(token) in self._entries
-
-    def refusal(self, token: str) -> str | None:
-        """The code the token endpoint refused this token with, if it did."""
-        entry = self._entries.get(self._digest(token))
-        return entry[0] if entry is not None and entry[0] != SENT else None
-
-    def sent(self, token: str) -> None:
-        self._entries[self._digest(token)] = [SENT, int(time.time())]
-        self._trim()
-        self.save()
-
-    def refused(self, token: str, code: str) -> None:
-        self._entries[self._digest(token)] = [code or "refused", int(time.time())]
-        self._trim()
-        self.save()
-
-    def not_consumed(self, token: str) -> None:
-        """The call provably left the token valid: it may be presented again."""
-        if self._entries.pop(self._digest(token), None) is not None:
-            self.save()
-
-    def _trim(self) -> None:
-        if len(self._entries) > MAX_ENTRIES:
-            newest = sorted(self._entries.items(), key=lambda kv: kv[1][1])[-MAX_ENTRIES:]
-            self._entries = dict(newest)
-
-    def save(self) -> None:
-        """Write the file (blocking: callers on the event loop go through a thread). A failure is
-        logged: the memory copy still protects this process."""
-        if self.path is None:
-            return
-        try:
-            write_atomic(self.path, json.dumps({"tokens": self._entries}, separators=(",", ":")).encode())
         except OSError as e:
-            log.warning("codex-pool: cannot write %s (%s); spent refresh tokens are remembered until restart only",
-                        self.path, e)
+            log.warning("codex-pool: cannot remove %s (%s)", mark_path(pool_file), e)
+
+    def _write(self, pool_file: Path, token: str, status: str) -> None:
+        data = json.dumps({"sha256": _digest(token), "status": status, "at": int(time.time())}).encode()
+        try:
+            write_atomic(mark_path(pool_file), data)
+        except OSError as e:  # the lock and this process's own flow still protect the token for now
+            log.warning("codex-pool: cannot write %s (%s); a spent refresh token is not remembered across restarts",
+                        mark_path(pool_file), e)

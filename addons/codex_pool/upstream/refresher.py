@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ import httpx
 
 from codex_pool.core import refresh_policy
 from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
-from codex_pool.storage.spent_tokens import SpentTokens
+from codex_pool.storage.spent_tokens import SENT, SpentTokens
 from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, write_tokens
 
 log = logging.getLogger("codex_pool")
@@ -60,9 +59,9 @@ class Refresher:
         self.lock_timeout = lock_timeout
         self.request_timeout = request_timeout
         self._inflight: dict[str, asyncio.Task[RefreshResult]] = {}
-        # refresh tokens presented (answer unknown) or refused: never presented again, across restarts
-        # when the store has a file (data_dir), else for this process's life
-        self.spent = spent if spent is not None else SpentTokens(None, secrets.token_bytes(32))
+        # refresh tokens presented (answer unknown) or refused: marked beside the pool file, so no
+        # proxy on the pool folder presents them again, before or after a restart
+        self.spent = spent if spent is not None else SpentTokens()
         self.calls = 0  # token endpoint calls made by this process
 
     async def refresh(self, account: Account, reason: str) -> RefreshResult:
@@ -101,10 +100,10 @@ class Refresher:
             if not disk.refresh_token:
                 return RefreshResult(PERMANENT, None, "no_refresh_token",
                                      f"{account.path.name} has no refresh token")
-            refusal = self.spent.refusal(disk.refresh_token)
-            if refusal is not None:  # refused for good before (maybe before a restart): not asked again
-                return RefreshResult(PERMANENT, None, refusal, f"this refresh token was refused before ({refusal})")
-            if disk.refresh_token in self.spent:
+            mark = await asyncio.to_thread(self.spent.status, disk.path, disk.refresh_token)
+            if mark is not None and mark != SENT:  # refused for good before (another proxy, or before a restart)
+                return RefreshResult(PERMANENT, None, mark, f"this refresh token was refused before ({mark})")
+            if mark == SENT:
                 return RefreshResult(TRANSIENT, None, "already_presented",
                                      "this refresh token was already presented and its answer lost; waiting for the file to change")
             return await self._call_token_endpoint(disk, reason)
@@ -114,14 +113,14 @@ class Refresher:
     async def _call_token_endpoint(self, disk: Account, reason: str) -> RefreshResult:
         assert disk.refresh_token is not None
         token = disk.refresh_token
-        await asyncio.to_thread(self.spent.sent, token)  # remembered before it leaves: a kill now still knows
+        await asyncio.to_thread(self.spent.sent, disk.path, token)  # marked before it leaves: a kill now still knows
         self.calls += 1
         payload = {"client_id": self.client_id, "grant_type": "refresh_token", "refresh_token": disk.refresh_token,
                    "refresh_reason": reason}
         try:
             resp = await self.client.post(self.token_url, json=payload, timeout=self.request_timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-            await asyncio.to_thread(self.spent.not_consumed, token)  # never reached the server: safe to present again
+            await asyncio.to_thread(self.spent.clear, disk.path)  # never reached the server: safe to present again
             return RefreshResult(TRANSIENT, None, "network_error", type(e).__name__)
         except httpx.HTTPError as e:
             # Sent, but the answer was lost: the token may have been consumed. Presenting it again
@@ -132,9 +131,9 @@ class Refresher:
             # 5xx) it was not rotated, and a later retry may present it again.
             kind, code = refresh_policy.classify_failure(resp.status_code, resp.content)
             if kind == "permanent":
-                await asyncio.to_thread(self.spent.refused, token, code)
+                await asyncio.to_thread(self.spent.refused, disk.path, token, code)
             else:
-                await asyncio.to_thread(self.spent.not_consumed, token)
+                await asyncio.to_thread(self.spent.clear, disk.path)
             return RefreshResult(PERMANENT if kind == "permanent" else TRANSIENT, None, code,
                                  f"token endpoint answered {resp.status_code} ({code})")
         try:
@@ -148,6 +147,7 @@ class Refresher:
         now = datetime.now(timezone.utc)
         try:
             await asyncio.to_thread(write_tokens, disk.path, tokens, now)
+            await asyncio.to_thread(self.spent.clear, disk.path)  # the file holds the new token now
             fresh = await asyncio.to_thread(_read_account, disk.path)
         except (OSError, TokenFileError, AuthFileError) as e:
             log.error("codex-pool: refreshed %s but could not write %s (%s); the new tokens live in memory only",

@@ -18,7 +18,6 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.outcome import Verdict
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
-from codex_pool.storage.spent_tokens import SpentTokens
 from codex_pool.upstream.refresher import PERMANENT, Refresher, RefreshResult
 from codex_pool.upstream.token_keeper import TokenKeeper
 from codex_pool.upstream.usage_poller import UsagePoller
@@ -53,7 +52,6 @@ class TokenService:
         self._refreshed_after_401: dict[str, float] = {}
         self._work: set[asyncio.Task] = set()
         self._refreshing: dict[str, asyncio.Task[RefreshResult | None]] = {}
-        self.spent: SpentTokens | None = None  # data_dir's store of spent refresh tokens (set before running)
 
     def configure(self, config: Config, http: httpx.AsyncClient | None, upstream_base: str | None) -> None:
         """(Re)build the refresher and usage poller for the current settings."""
@@ -61,7 +59,7 @@ class TokenService:
         if http is None:
             return
         if self.keeper is None:
-            self.keeper = TokenKeeper(Refresher(http, config.token_url, config.client_id, spent=self.spent),
+            self.keeper = TokenKeeper(Refresher(http, config.token_url, config.client_id),
                                       config.refresh_margin_minutes * 60)
         else:
             self.keeper.refresher.token_url, self.keeper.refresher.client_id = config.token_url, config.client_id
