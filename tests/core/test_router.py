@@ -253,3 +253,21 @@ def test_a_new_conversation_whose_first_try_failed_is_pinned_where_it_was_served
     assert retry.account.name == "b" and retry.pinned_to is None
     later = router.route("new", now + 60)  # a is back: the conversation stays where its cache is
     assert (later.account.name, later.reason) == ("b", "sticky")
+
+
+def test_a_conversation_whose_account_is_lost_for_good_moves_to_its_stand_in():
+    """Found by the soak: a conversation served by a stand-in whose own account was then disabled
+    was placed anew by the policy, away from the stand-in that had its prompt cache."""
+    reg = registry("a", "b", "c", "d")
+    router = Router(reg, "round_robin", 3600)
+    now = time.time()
+    assert router.route("k", now).account.name == "a"
+    reg.health.apply("a", Verdict("cooldown", "server_error_503", retry_after=60), now)
+    standin = router.route("k", now + 1)
+    assert standin.reason == "standin"
+    for i in range(3):
+        router.route(f"other-{i}", now + 2 + i)  # the policy's cursor moves on meanwhile
+    reg.health.disable("a", "manual", now + 5)  # a is out for good
+    moved = router.route("k", now + 6)
+    assert (moved.account.name, moved.reason, moved.pinned_to) == (standin.account.name, "repinned", None)
+    assert router.route("k", now + 7).reason == "sticky"

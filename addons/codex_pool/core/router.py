@@ -118,10 +118,14 @@ class Router:
             if self.keeps_pin(pin_of_conversation, now):
                 standin_for = pin_of_conversation
         pinned = self.pinned if self.pinned in usable else None
-        standin = self._standins.get(conversation) if standin_for is not None and pinned is None else None
+        standin = self._standins.get(conversation) if pin_of_conversation is not None and pinned is None else None
         if standin is not None and standin in usable and standin not in exclude:
-            # one stand-in for the whole outage, so its prompt cache warms up (not the next account in turn)
-            return self._serve(standin, "standin", conversation, standin_for, now)
+            if standin_for is not None:
+                # one stand-in for the whole outage, so its prompt cache warms up (not the next account in turn)
+                return self._serve(standin, "standin", conversation, standin_for, now)
+            # the conversation's account is gone for good: its stand-in, where its cache now is, takes it over
+            self._standins.pop(conversation, None)
+            return self._serve(standin, "repinned", conversation, None, now)
         choice = choose(
             candidates,
             policy=self.policy,
