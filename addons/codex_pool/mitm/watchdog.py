@@ -92,11 +92,9 @@ class StreamWatchdog:
 
 
 def _close_upstream(flow: http.HTTPFlow) -> None:
-    """Close the flow's upstream connection (mitmproxy then ends the exchange as if upstream had);
-    kill the flow when its connection handler cannot be found."""
+    """Close the flow's upstream connection (mitmproxy then ends the exchange as if upstream had).
+    A connection mitmproxy no longer holds has ended already: nothing to cut."""
     proxyserver = ctx.master.addons.get("proxyserver")
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id) if proxyserver else None
     if handler is not None and flow.server_conn in getattr(handler, "transports", {}):
         handler.close_connection(flow.server_conn)
-    elif flow.killable:
-        flow.kill()

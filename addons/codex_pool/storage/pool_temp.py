@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import Account, AuthFileError
 from codex_pool.storage.files import TEMP_NAME, TMP_MARK, FileLock, fsync_dir
+from codex_pool.storage.token_file import read_account
 
 
 def recover_temp_files(folder: Path) -> list[tuple[str, str]]:
@@ -67,11 +68,7 @@ def _settle(tmp: Path, target: Path) -> str | None:
 
 def _read(path: Path, as_path: Path) -> Account | None:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_AUTH_FILE_BYTES + 1)
-        if len(data) > MAX_AUTH_FILE_BYTES:
-            return None
-        return parse_auth(data, as_path)
+        return read_account(path, as_path)
     except (OSError, AuthFileError):
         return None
 

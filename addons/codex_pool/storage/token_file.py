@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, TOKEN_KEY_NAMES, detect_key_style
+from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, TOKEN_KEY_NAMES, Account, detect_key_style, parse_auth
 from codex_pool.storage.files import NEW_FILE_MODE, FileLock, lock_path, write_atomic
 
 # The auth tokens a refresh may replace (the TokenSet fields) - not the ledger's usage token counts.
@@ -72,6 +72,13 @@ def _load(path: Path) -> tuple[dict[str, Any], dict[str, Any], os.stat_result]:
     if not isinstance(tokens, dict):
         raise TokenFileError(f'{path}: "tokens" is not an object')
     return doc, tokens, st
+
+
+def read_account(path: Path, as_path: Path | None = None) -> Account:
+    """The account in the pool file at `path` (parsed as if it were `as_path`), reading at most
+    MAX_AUTH_FILE_BYTES + 1 bytes (parse_auth refuses more). Raises OSError or AuthFileError."""
+    with open(path, "rb") as f:
+        return parse_auth(f.read(MAX_AUTH_FILE_BYTES + 1), as_path or path)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -130,4 +137,4 @@ def write_tokens(path: Path, tokens: TokenSet, now: datetime) -> None:
     write_atomic(target, data, mode=mode, owner=(st.st_uid, st.st_gid))
 
 
-__all__ = ["FileLock", "TokenFileError", "TokenSet", "format_time", "lock_path", "write_tokens"]
+__all__ = ["FileLock", "TokenFileError", "TokenSet", "format_time", "lock_path", "read_account", "write_tokens"]

@@ -19,14 +19,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 
 from codex_pool.core import refresh_policy
-from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
+from codex_pool.core.auth_file import Account, AuthFileError
 from codex_pool.storage.spent_tokens import SENT, SpentTokens
-from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, write_tokens
+from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, read_account, write_tokens
 
 log = logging.getLogger("codex_pool")
 
@@ -43,11 +42,6 @@ class RefreshResult:
     @property
     def ok(self) -> bool:
         return self.outcome in (REFRESHED, ADOPTED)
-
-
-def _read_account(path: Path) -> Account:
-    with open(path, "rb") as f:
-        return parse_auth(f.read(MAX_AUTH_FILE_BYTES + 1), path)  # parse_auth refuses what is over the cap
 
 
 class Refresher:
@@ -92,7 +86,7 @@ class Refresher:
             return RefreshResult(TRANSIENT, None, "lock_timeout", str(e))
         try:
             try:
-                disk = await asyncio.to_thread(_read_account, account.path)
+                disk = await asyncio.to_thread(read_account, account.path)
             except (OSError, AuthFileError) as e:
                 return RefreshResult(TRANSIENT, None, "unreadable", f"{account.path.name}: {e}")
             if (disk.access_token, disk.refresh_token) != (account.access_token, account.refresh_token):
@@ -148,7 +142,7 @@ class Refresher:
         try:
             await asyncio.to_thread(write_tokens, disk.path, tokens, now)
             await asyncio.to_thread(self.spent.clear, disk.path)  # the file holds the new token now
-            fresh = await asyncio.to_thread(_read_account, disk.path)
+            fresh = await asyncio.to_thread(read_account, disk.path)
         except (OSError, TokenFileError, AuthFileError) as e:
             log.error("codex-pool: refreshed %s but could not write %s (%s); the new tokens live in memory only",
                       disk.name, disk.path, e)
