@@ -3,10 +3,11 @@
     fake-chatgpt [--host 127.0.0.1] [--port 0] (--accounts N | --names alice,bob)
                  [--pool-dir DIR] [--plan plus] [--access-ttl SECONDS]
                  [--access-ttls S1,S2,...] [--initial-access-ages S1,S2,...]
-                 [--no-websocket] [--stream-delay S] [--deltas N] [--schedule FILE]
+                 [--no-websocket] [--stream-delay S] [--deltas N] [--schedule FILE] [--lenient]
                  [--tls-dir DIR | --tls-cert PEM --tls-key PEM]
 
-Prints `fake-chatgpt listening at <url>` (flushed) once listening. Tokens are never printed.
+`--help` lists the backend rules enforced on responses requests, each with its public source
+(rules.py), and the side endpoints answered (side.py). Prints `fake-chatgpt listening at <url>` (flushed) once listening. Tokens are never printed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import signal
 import ssl
 import sys
 
+from . import rules, side
 from .server import FakeChatGPT
 from .state import SCHEDULE_ACTIONS, Config
 
@@ -71,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JSON file of timed actions ({\"actions\": [...]}, `at` = seconds after start-up), "
                         "run while serving; see below and GET/POST /_fake/schedule")
     p.add_argument("--no-websocket", action="store_true", help="answer WebSocket upgrades with 426")
+    p.add_argument("--lenient", action="store_true",
+                   help="do not enforce the backend rules below (any responses body is served, as before); "
+                        "also POST /_fake/config {\"lenient\": true|false} at run time")
     p.add_argument("--stream-delay", type=float, default=0.0, help="seconds between stream events")
     p.add_argument("--deltas", type=int, default=3, help="text deltas per answer")
     p.add_argument("--backlog", type=int, default=512, help="listen backlog (min 128)")
@@ -100,6 +105,20 @@ control API (JSON under /_fake/; all of it in scripts/fake_chatgpt/README.md), a
   GET  state                                    per account also refresh_reused (a rotated refresh
                                                 token presented again), refresh_after_refusal
   GET  requests                                 completed answers carry completed: true and usage
+                                                (a refused body: status 400 and rule: <rule id>)
+
+""" + rules.help_text() + """
+
+side requests answered (instead of 404; shapes and sources in side.py / README.md):
+""" + "\n".join(f"  {m:<4} {p:<44} {a}" for (p, m), a in side.ROUTES.items()) + """
+  anything else under /backend-api/ -> 404 {"detail":"Not Found"}
+
+tool calls: a latest user message with RUN_TOOL calls the request's shell tool (exec_command,
+shell_command, shell, local_shell), else the first function tool whose name suggests a shell
+(bash, sh, shell, terminal, cmd, command, exec, ...), else the first function tool, with
+arguments generated from its JSON schema; RUN_TOOL:<name> [command] names the tool,
+RUN_TOOL: <command> sets the command. text.format json_schema answers JSON valid against the
+schema; json_object answers {"message": <text>}.
 """
 
 
@@ -129,7 +148,9 @@ def _ssl_context(args) -> ssl.SSLContext | None:
 
 
 async def run(args) -> int:
-    config = Config(websocket=not args.no_websocket, stream_delay=args.stream_delay, deltas=args.deltas)
+    config = Config(
+        websocket=not args.no_websocket, stream_delay=args.stream_delay, deltas=args.deltas, lenient=args.lenient
+    )
     schedule = None
     if args.schedule:
         with open(args.schedule) as f:

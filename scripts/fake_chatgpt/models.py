@@ -104,3 +104,8 @@ def catalogue() -> dict:
             ),
         ]
     }
+
+
+def slugs() -> frozenset[str]:
+    """The model names `/codex/responses` serves (anything else: the `model` rule, rules.py)."""
+    return frozenset(m["slug"] for m in catalogue()["models"])

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from . import schemas
 
 TOOL_MARKER = "RUN_TOOL"
 DEFAULT_TOOL_COMMAND = "echo tool-ok"
@@ -59,39 +63,103 @@ def _output_text(output) -> str:
     return json.dumps(output)
 
 
+def _marker_rest(user_text: str) -> str | None:
+    """The first line after `RUN_TOOL:`, stripped, or None when there is no `RUN_TOOL:`."""
+    idx = user_text.find(TOOL_MARKER + ":")
+    if idx < 0:
+        return None
+    lines = user_text[idx + len(TOOL_MARKER) + 1 :].strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 def tool_command(user_text: str) -> str:
     """`RUN_TOOL` alone runs `echo tool-ok`; `RUN_TOOL: <command>` runs that command."""
-    idx = user_text.find(TOOL_MARKER + ":")
-    if idx >= 0:
-        cmd = user_text[idx + len(TOOL_MARKER) + 1 :].strip().splitlines()
-        if cmd and cmd[0].strip():
-            return cmd[0].strip()
-    return DEFAULT_TOOL_COMMAND
+    rest = _marker_rest(user_text)
+    return rest if rest else DEFAULT_TOOL_COMMAND
 
 
-def _tool_names(tools) -> dict[str, dict]:
-    out = {}
+SHELL_TOOL_NAMES = ("exec_command", "shell_command", "shell", "local_shell")
+# Codex's shell tools' arguments, for when the request gives no schema for them
+CLASSIC_SHELL_ARGS = {
+    "exec_command": lambda c: {"cmd": c},
+    "shell_command": lambda c: {"command": c},
+    "shell": lambda c: {"command": ["bash", "-lc", c]},
+}
+# a function tool whose name has one of these words (split on non-letters) is taken for a shell
+SHELLISH_WORDS = {"bash", "sh", "zsh", "shell", "terminal", "cmd", "command", "commands", "powershell", "pwsh",
+                  "exec", "execute"}
+# the property of a shell-ish tool that gets the command (first one present; else the first string one)
+COMMAND_PROPERTIES = ("command", "cmd", "commands", "script", "code", "input")
+TOOL_STRING = "tool-ok"  # what generated tool arguments put into other string properties
+
+
+def offered_tools(tools) -> dict[str, dict]:
+    """Callable tools by name, in request order: flat function tools and `local_shell`."""
+    out: dict[str, dict] = {}
     for tool in tools or []:
         if not isinstance(tool, dict):
             continue
         if tool.get("type") == "local_shell":
-            out["local_shell"] = tool
+            out.setdefault("local_shell", tool)
         elif tool.get("type") == "function" and isinstance(tool.get("name"), str):
-            out[tool["name"]] = tool
+            out.setdefault(tool["name"], tool)
     return out
 
 
-def shell_call_item(tools, command: str) -> dict:
-    """A call of whichever shell tool the request offers (0.169.0 offers `exec_command`)."""
-    names = _tool_names(tools)
+def _shellish(name: str) -> bool:
+    return any(w in SHELLISH_WORDS for w in re.split(r"[^a-z0-9]+", name.lower()) if w)
+
+
+def _schema_of(tool: dict) -> dict:
+    params = tool.get("parameters")
+    return params if isinstance(params, dict) else {"type": "object", "properties": {}}
+
+
+def _shellish_arguments(tool: dict, command: str) -> dict:
+    """Arguments for a shell-like function tool (e.g. OpenCode's `bash {command, description}`):
+    the command in its command property, the rest generated from the schema."""
+    schema = _schema_of(tool)
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    target = next((p for p in COMMAND_PROPERTIES if p in props), None)
+    if target is None:
+        required = [r for r in schema.get("required", []) or [] if isinstance(r, str)]
+        strings = [p for p in [*required, *props] if isinstance(props.get(p), dict)
+                   and "string" in schemas._types(props[p])]
+        target = strings[0] if strings else None
+    if target is None:
+        return schemas.example(schema, string=TOOL_STRING) or {}
+    prop = schemas._resolve(props[target], schema)
+    kinds = schemas._types(prop) if isinstance(prop, dict) else []
+    value: Any = ["bash", "-lc", command] if "array" in kinds and "string" not in kinds else command
+    return schemas.example(schema, string=TOOL_STRING, overrides={target: value}) or {target: value}
+
+
+def tool_call_item(tools, user_text: str) -> dict:
+    """The call a `RUN_TOOL` turn answers with. `RUN_TOOL:<name> [command]` names an offered tool;
+    otherwise the request's shell tool (exec_command {cmd}, shell_command {command}, shell
+    {command:[…]}, local_shell), else the first function tool whose name suggests a shell (command
+    in its command property), else the first function tool (arguments from its JSON schema). No
+    function tool at all: `exec_command`, Codex 0.169.0's name."""
+    names = offered_tools(tools)
+    rest = _marker_rest(user_text)
+    chosen = None
+    command = DEFAULT_TOOL_COMMAND
+    if rest:
+        first, _, tail = rest.partition(" ")
+        if first in names:
+            chosen, command = first, tail.strip() or DEFAULT_TOOL_COMMAND
+        else:
+            command = rest
+    if chosen is None:
+        chosen = next((n for n in SHELL_TOOL_NAMES if n in names), None)
+    if chosen is None:
+        chosen = next((n for n in names if _shellish(n)), None)
+    if chosen is None:
+        chosen = next(iter(names), None)
     call_id = new_id("call")
-    if "exec_command" in names:
+    if chosen is None:
         return _function_call("exec_command", {"cmd": command}, call_id)
-    if "shell_command" in names:
-        return _function_call("shell_command", {"command": command}, call_id)
-    if "shell" in names:
-        return _function_call("shell", {"command": ["bash", "-lc", command]}, call_id)
-    if "local_shell" in names:
+    if chosen == "local_shell":
         return {
             "type": "local_shell_call",
             "id": new_id("lsh"),
@@ -99,8 +167,18 @@ def shell_call_item(tools, command: str) -> dict:
             "status": "completed",
             "action": {"type": "exec", "command": ["bash", "-lc", command]},
         }
-    # no shell tool offered: still answer with the 0.169.0 default name
-    return _function_call("exec_command", {"cmd": command}, call_id)
+    tool = names[chosen]
+    if chosen in CLASSIC_SHELL_ARGS and not (_schema_of(tool).get("properties") or {}):
+        return _function_call(chosen, CLASSIC_SHELL_ARGS[chosen](command), call_id)  # no schema to follow
+    if chosen in SHELL_TOOL_NAMES or _shellish(chosen):
+        return _function_call(chosen, _shellish_arguments(tool, command), call_id)
+    args = schemas.example(_schema_of(tool), string=TOOL_STRING)
+    return _function_call(chosen, args if isinstance(args, dict) else {}, call_id)
+
+
+def shell_call_item(tools, command: str) -> dict:
+    """A call of the request's shell tool running `command` (kept for callers of the old API)."""
+    return tool_call_item(tools, f"{TOOL_MARKER}: {command}")
 
 
 def _function_call(name: str, args: dict, call_id: str) -> dict:
@@ -112,6 +190,20 @@ def _function_call(name: str, args: dict, call_id: str) -> dict:
         "arguments": json.dumps(args),
         "call_id": call_id,
     }
+
+
+def structured_text(body: dict, text: str) -> str:
+    """`text.format` json_schema: JSON valid against the schema (strings "fake", numbers 1, one
+    array item, enums their first value, required properties); json_object: `{"message": text}`.
+    Anything else: `text` unchanged."""
+    fmt = body.get("text", {}).get("format") if isinstance(body.get("text"), dict) else None
+    if not isinstance(fmt, dict):
+        return text
+    if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return json.dumps(schemas.example(fmt["schema"], string="fake"))
+    if fmt.get("type") == "json_object":
+        return json.dumps({"message": text})
+    return text
 
 
 def plan_turn(body: dict, account_name: str) -> TurnPlan:
@@ -128,13 +220,13 @@ def plan_turn(body: dict, account_name: str) -> TurnPlan:
         output = _output_text(last.get("output", "")).strip()
         if len(output) > 600:
             output = output[:600] + "..."
-        return TurnPlan("text", f"{greeting} Tool output: {output}")
+        return TurnPlan("text", structured_text(body, f"{greeting} Tool output: {output}"))
     if last_type in ("compaction_trigger",):
         return TurnPlan("compaction")
     user_text = latest_user_text(items) or ""
     if TOOL_MARKER in user_text:
-        return TurnPlan("tool", tool_item=shell_call_item(body.get("tools"), tool_command(user_text)))
-    return TurnPlan("text", greeting)
+        return TurnPlan("tool", tool_item=tool_call_item(body.get("tools"), user_text))
+    return TurnPlan("text", structured_text(body, greeting))
 
 
 def compaction_item(account_name: str) -> dict:

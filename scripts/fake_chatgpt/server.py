@@ -6,6 +6,7 @@ Routes (see README-style docstring in `__init__`):
   /backend-api/codex/models               GET
   /backend-api/wham/usage                 GET
   /backend-api/wham/accounts/check        GET
+  /backend-api/ps/*, wham/settings/user, … side requests (side.py)
   /backend-api/*                          404 JSON
   /oauth/token                            POST (refresh_token grant)
   /_fake/*                                control API (JSON)
@@ -37,6 +38,8 @@ from wsproto.utilities import generate_accept_token, split_comma_header
 
 from . import models as models_mod
 from . import responses as R
+from . import rules as rules_mod
+from . import side as side_mod
 from .state import Account, BackendState, Config, ControlError, Fault, Schedule
 
 log = logging.getLogger("fake_chatgpt")
@@ -382,6 +385,11 @@ class FakeChatGPT:
         await self._send(conn, writer, h11.EndOfMessage())
         return payload
 
+    async def _send_empty(self, conn, writer, status: int, headers=()) -> None:
+        hdrs = [("content-length", "0"), ("server", SERVER_HEADER), *headers]
+        await self._send(conn, writer, h11.Response(status_code=status, headers=hdrs, reason=_reason(status)))
+        await self._send(conn, writer, h11.EndOfMessage())
+
     # ------------------------------------------------------------------ routing
 
     async def _dispatch(self, conn, reader, writer, req: h11.Request, body: bytes) -> bool:
@@ -414,6 +422,9 @@ class FakeChatGPT:
 
         async def answer(status: int, obj, extra_headers=()) -> bool:
             entry["status"] = status
+            if obj is None:  # e.g. 202 to an MCP notification: no body
+                await self._send_empty(conn, writer, status, extra_headers)
+                return True
             payload = await self._send_json(conn, writer, status, obj, extra_headers)
             entry["response_sha256"] = hashlib.sha256(payload).hexdigest()
             return True
@@ -446,7 +457,16 @@ class FakeChatGPT:
             ("/backend-api/wham/usage", "GET"),
             ("/backend-api/wham/accounts/check", "GET"),
         }
-        if (path, method) not in known:
+        side = side_mod.is_side(path, method)
+        if side and not side_mod.needs_auth(path):  # ps/mcp: Codex sends no token off chatgpt.com
+            entry["side"] = True
+            try:
+                raw = decode_body(body, headers.get("content-encoding"))
+            except Exception:  # noqa: BLE001 - undecodable: the JSON-RPC parse error answers it
+                raw = b"\x00"
+            status, obj = side_mod.answer(path, method, query, raw)
+            return await answer(status, obj)
+        if (path, method) not in known and not side:
             if path == RESPONSES_PATH and method == "GET":
                 return await answer(
                     426, _error_body("Upgrade to WebSocket required.", "invalid_request_error", "upgrade_required")
@@ -474,6 +494,10 @@ class FakeChatGPT:
             return await answer(200, acct.wham_usage(now))
         if path == "/backend-api/wham/accounts/check":
             return await answer(200, self._accounts_check(acct))
+        if side:
+            entry["side"] = True
+            status, obj = side_mod.answer(path, method, query, body)
+            return await answer(status, obj)
 
         # model endpoints: parse the body
         try:
@@ -492,8 +516,19 @@ class FakeChatGPT:
         if path.endswith("/compact"):
             return await answer(200, R.compact_output(payload, acct.name), acct.rate_limit_headers(now))
 
+        violation = self._check_rules(payload, "http", headers)
+        if violation is not None:
+            entry["rule"] = violation.rule
+            return await answer(violation.status, violation.http_body())
+
         outcome = self._prepare_turn(acct, payload, len(decoded), "http", prior_context=0, now=now)
         return await self._answer_http_turn(conn, writer, entry, outcome)
+
+    def _check_rules(self, body: dict, transport: str, headers: dict) -> rules_mod.Violation | None:
+        """The backend rule the body breaks (rules.py), unless the `lenient` switch is on."""
+        if self.config.lenient:
+            return None
+        return rules_mod.check(body, transport=transport, headers=headers, known_models=models_mod.slugs())
 
     def _accounts_check(self, acct: Account) -> dict:
         origin = self.config.workspace_backend_origin or self.url
@@ -874,6 +909,7 @@ class FakeChatGPT:
             "path": entry["path"],
             "last_response_id": None,
             "context_tokens": 0,
+            "headers": headers,  # of the upgrade: the rules' Codex recognition (originator)
         }
         await self._ws_loop(ws, reader, writer, session)
         return False
@@ -996,6 +1032,13 @@ class FakeChatGPT:
                     },
                 }
             )
+            return
+
+        violation = self._check_rules(body, "ws", session.get("headers") or {})
+        if violation is not None:
+            entry["status"] = violation.status
+            entry["rule"] = violation.rule
+            await send_frame(violation.ws_frame())
             return
 
         now = time.time()

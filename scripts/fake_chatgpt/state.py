@@ -51,6 +51,7 @@ class Config:
     models_patch: dict | None = None  # keys merged into every /codex/models entry
     log_bodies: bool = False  # keep decoded JSON bodies of model requests in the request log
     event_timestamps: bool = False  # benchmarks: ": t=<CLOCK_MONOTONIC ns>" comment line before each SSE event
+    lenient: bool = False  # True: the backend rules (rules.py) are not enforced; any body is served
 
     def update(self, changes: dict) -> None:
         known = {f.name: f for f in fields(self)}

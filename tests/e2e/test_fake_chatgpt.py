@@ -84,6 +84,7 @@ def user_msg(text: str) -> dict:
 def turn_body(text: str = "say hi", key: str | None = "thread-1", extra_input=(), tools=(EXEC_TOOL,)) -> dict:
     body = {
         "model": "gpt-5.1-codex",
+        "instructions": "You are a helpful assistant.",
         "input": [
             {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]},
             user_msg(text),
@@ -442,7 +443,15 @@ async def test_tool_call_round_trip(fake, client):
     assert "tool-ok" in msg["content"][0]["text"] and "alice" in msg["content"][0]["text"]
 
     # other shell tool shapes, and a custom command
-    shell_tool = {**EXEC_TOOL, "name": "shell"}
+    shell_tool = {
+        **EXEC_TOOL,
+        "name": "shell",
+        "parameters": {
+            "type": "object",
+            "properties": {"command": {"type": "array", "items": {"type": "string"}}, "workdir": {"type": "string"}},
+            "required": ["command"],
+        },
+    }
     _, events = await post_turn(client, alice, turn_body("RUN_TOOL: ls -l", tools=[shell_tool]))
     call = next(e for e in events if e["type"] == "response.output_item.done")["item"]
     assert call["name"] == "shell" and json.loads(call["arguments"]) == {"command": ["bash", "-lc", "ls -l"]}
@@ -606,12 +615,13 @@ async def test_models_usage_accounts_check_and_404s(fake, client):
     assert entry["account_routing_override"] == "NO_CONSTRAINT"
 
     for method, path in (
-        ("GET", "/backend-api/ps/plugins/installed?limit=200"),
-        ("POST", "/backend-api/ps/mcp"),
-        ("GET", "/backend-api/wham/settings/user"),
+        ("GET", "/backend-api/ps/nothing-here"),
+        ("POST", "/backend-api/wham/settings/user"),
+        ("GET", "/backend-api/codex/unknown"),
     ):
         r = await client.request(method, path, headers=h)
         assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+        assert r.json() == {"detail": "Not Found"}
 
 
 async def test_request_log(fake, client):
@@ -620,7 +630,7 @@ async def test_request_log(fake, client):
     headers = {**auth_headers(alice), "Session-Id": "thread-9", "X-Custom": "Kept-As-Sent"}
     raw = json.dumps(turn_body(key="thread-9")).encode()
     answer = await client.post(RESPONSES, headers=headers, content=raw)
-    await client.get("/backend-api/ps/plugins/installed?limit=200")
+    await client.get("/backend-api/ps/unknown?limit=200")
     log = (await client.get("/_fake/requests")).json()["requests"]
     assert [e["kind"] for e in log] == ["http", "http"]
     e = log[0]
@@ -822,3 +832,336 @@ async def test_real_codex_cli_turn_resume_and_tool(fake, client, tmp_path):
     assert any(h[0] == "x-codex-turn-state" for h in turns[3]["headers"])
     acct = (await state(client))["accounts"]["alice"]
     assert acct["turns"] == 4 and acct["cache_hits"] >= 2
+
+
+# --------------------------------------------------------------------------- backend rules (rules.py)
+
+FIXTURES = REPO.parent / "shared" / "fixtures" / "codex-0.169.0"
+
+
+def _recorded_model_requests() -> list[tuple[str, str, dict, dict]]:
+    """(file, transport, body, headers) of every model request recorded from the real Codex 0.169.0."""
+    out = []
+    for path in sorted(FIXTURES.glob("*.jsonl")):
+        upgrade_headers: dict = {}
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            headers = {k.lower(): v for k, v in rec.get("headers") or []}
+            if rec["kind"] == "ws-upgrade":
+                upgrade_headers = headers
+            body = rec.get("body")
+            if not isinstance(body, dict) or "input" not in body:
+                continue
+            if rec["kind"] == "http" and rec["path"].split("?")[0] == RESPONSES and rec["method"] == "POST":
+                out.append((path.name, "http", body, headers))
+            elif rec["kind"] == "ws-msg" and body.get("type") == "response.create":
+                out.append((path.name, "ws", body, upgrade_headers))
+    return out
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded Codex 0.169.0 fixtures not present")
+def test_rules_pass_every_recorded_codex_request():
+    """Codex's own requests (HTTP turns, WebSocket prewarm `generate:false`, chained turns with
+    previous_response_id) must pass every rule: by body alone, and with the headers they came with."""
+    from fake_chatgpt import models, rules
+
+    recorded = _recorded_model_requests()
+    assert len(recorded) >= 10 and {t for _, t, _, _ in recorded} == {"http", "ws"}
+    assert any(b.get("generate") is False for _, _, b, _ in recorded)  # the prewarm frame is among them
+    for name, transport, body, headers in recorded:
+        for h in (None, headers):
+            v = rules.check(body, transport=transport, headers=h, known_models=models.slugs())
+            assert v is None, f"{name} ({transport}) refused: {v}"
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded Codex 0.169.0 fixtures not present")
+async def test_recorded_codex_http_bodies_are_served(fake, client):
+    alice = fake.add_account("alice")
+    bodies = [b for _, t, b, _ in _recorded_model_requests() if t == "http"]
+    for body in bodies:  # as recorded: no originator header here, the body alone must pass
+        resp, events = await post_turn(client, alice, body)
+        assert resp.status_code == 200 and events[-1]["type"] == "response.completed"
+
+
+def _bare(**changes) -> dict:
+    """A third-party client's body (no Codex metadata), valid until `changes` break it; None deletes."""
+    body = turn_body()
+    for k, v in changes.items():
+        if v is None:
+            body.pop(k, None)
+        else:
+            body[k] = v
+    return body
+
+
+CHAT_TOOL = {"type": "function", "function": {"name": "bash", "parameters": {"type": "object", "properties": {}}}}
+
+RULE_CASES = [
+    # (id, body, status, HTTP answer)
+    ("instructions-missing", _bare(instructions=None), 400, {"detail": "Instructions are required"}),
+    ("store-true", _bare(store=True), 400, {"detail": "Store must be set to false"}),
+    ("store-missing", _bare(store=None), 400, {"detail": "Store must be set to false"}),
+    ("stream-false", _bare(stream=False), 400, {"detail": "Stream must be set to true"}),
+    ("stream-missing", _bare(stream=None), 400, {"detail": "Stream must be set to true"}),
+    *[
+        (f"param-{p}", _bare(**{p: v}), 400, {"detail": f"Unsupported parameter: {p}"})
+        for p, v in [
+            ("max_output_tokens", 1024), ("max_tokens", 10), ("max_completion_tokens", 10), ("temperature", 0.2),
+            ("top_p", 0.9), ("top_logprobs", 2), ("max_tool_calls", 3), ("truncation", "auto"),
+            ("metadata", {"a": "b"}), ("user", "u-1"), ("safety_identifier", "s"),
+            ("prompt_cache_retention", "24h"), ("background", False), ("previous_response_id", "resp_1"),
+        ]
+    ],
+    ("service_tier-flex", _bare(service_tier="flex"), 400,
+     {"error": {"message": "Unsupported service_tier: flex", "type": "invalid_request_error"}}),
+    ("model-unknown", _bare(model="gpt-4o"), 400,
+     {"detail": "The 'gpt-4o' model is not supported when using Codex with a ChatGPT account."}),
+    ("system-message", _bare(input=[{"type": "message", "role": "system", "content": "x"}, user_msg("hi")]), 400,
+     {"detail": "System messages are not allowed"}),
+    ("chat-style-tool", _bare(tools=[EXEC_TOOL, CHAT_TOOL]), 400,
+     {"error": {"message": "Missing required parameter: 'tools[1].name'.", "type": "invalid_request_error",
+                "param": "tools[1].name", "code": "missing_required_parameter"}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=[c[0] for c in RULE_CASES])
+async def test_rule_strict_then_lenient(fake, client, case):
+    _, body, status, answer = case
+    alice = fake.add_account("alice")
+    resp, got = await post_turn(client, alice, body)
+    assert (resp.status_code, got) == (status, answer)
+    log = (await client.get("/_fake/requests", params={"path": RESPONSES})).json()["requests"]
+    assert log[-1]["status"] == status and log[-1]["rule"]
+    st = (await state(client))["accounts"]["alice"]
+    assert st["turns"] == 0 and st["primary_used_percent"] == 0  # nothing generated, nothing counted
+    assert (await client.post("/_fake/config", json={"lenient": True})).json()["lenient"] is True
+    resp, events = await post_turn(client, alice, body)
+    assert resp.status_code == 200 and events[-1]["type"] == "response.completed"
+
+
+async def test_rules_accept_what_the_reports_accept(fake, client):
+    alice = fake.add_account("alice")
+    for body in (
+        _bare(instructions=""),  # empty instructions pass (icebear0828/codex-proxy#112)
+        _bare(service_tier="priority"),  # Codex's Fast mode
+        _bare(input="just a string"),
+        _bare(text={"verbosity": "low"}, include=["reasoning.encrypted_content"]),
+        _bare(instructions=None, client_metadata={"x-codex-installation-id": "i-1"}),  # Codex's own
+    ):
+        resp, events = await post_turn(client, alice, body)
+        assert resp.status_code == 200, (body, events)
+    resp, _ = await post_turn(client, alice, _bare(instructions=None), headers={"originator": "codex_cli_rs"})
+    assert resp.status_code == 200
+
+
+async def test_rules_come_after_auth_and_before_faults(fake, client):
+    alice = fake.add_account("alice")
+    bad = {**auth_headers(alice), "authorization": "Bearer nope"}
+    r = await client.post(RESPONSES, headers=bad, json=_bare(store=True))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+    await set_faults(client, {"account": "alice", "kind": "status", "status": 503})
+    resp, got = await post_turn(client, alice, _bare(temperature=1))
+    assert resp.status_code == 400 and got == {"detail": "Unsupported parameter: temperature"}
+    assert len((await client.get("/_fake/faults")).json()["faults"]) == 1  # the fault is still queued
+    resp, _ = await post_turn(client, alice)
+    assert resp.status_code == 503
+
+
+async def test_rules_over_websocket(fake, client):
+    alice = fake.add_account("alice")
+    headers = {k: v for k, v in ws_headers(alice).items() if k != "originator"}  # a third-party client
+    ws, status, _ = await WS.connect(fake.url, headers)
+    assert status == 101
+    try:
+        await ws.send({**_bare(instructions=None), "type": "response.create", "generate": False})
+        frames = await ws.recv_response()
+        assert frames == [{"type": "error", "status": 400,
+                           "error": {"type": "invalid_request_error", "message": "Instructions are required"}}]
+        await ws.send({**_bare(service_tier="fast"), "type": "response.create"})
+        assert (await ws.recv_response())[-1]["error"] == {
+            "message": "Unsupported service_tier: fast", "type": "invalid_request_error"}
+        await ws.send({**_bare(tools=[CHAT_TOOL]), "type": "response.create"})
+        assert (await ws.recv_response())[-1]["error"]["param"] == "tools[0].name"
+        # the socket still serves; previous_response_id is WebSocket chaining, not refused here
+        await ws.send({**_bare(), "type": "response.create"})
+        frames = await ws.recv_response()
+        assert frames[-1]["type"] == "response.completed"
+        prev = frames[-1]["response"]["id"]
+        await ws.send({**_bare(), "type": "response.create", "previous_response_id": prev})
+        assert (await ws.recv_response())[-1]["type"] == "response.completed"
+        await client.post("/_fake/config", json={"lenient": True})
+        await ws.send({**_bare(instructions=None, store=True), "type": "response.create"})
+        assert (await ws.recv_response())[-1]["type"] == "response.completed"
+    finally:
+        await ws.close()
+    msgs = [e for e in (await client.get("/_fake/requests", params={"kind": "ws-msg"})).json()["requests"]]
+    assert [m.get("rule") for m in msgs][:3] == ["instructions", "service_tier", "tool_shape"]
+    # Codex itself (originator codex_*) needs no instructions over WebSocket either
+    ws, _, _ = await WS.connect(fake.url, ws_headers(alice))
+    try:
+        await client.post("/_fake/config", json={"lenient": False})
+        await ws.send({**_bare(instructions=None), "type": "response.create"})
+        assert (await ws.recv_response())[-1]["type"] == "response.completed"
+    finally:
+        await ws.close()
+
+
+# --------------------------------------------------------------------------- side requests (side.py)
+
+
+async def test_side_endpoints(fake, client):
+    alice = fake.add_account("alice")
+    h = auth_headers(alice)
+    expected = {
+        ("GET", "/backend-api/ps/plugins/installed?limit=200"): {"plugins": [], "pagination": {"limit": 200, "next_page_token": None}},
+        ("GET", "/backend-api/ps/plugins/installed?limit=200&includeDownloadUrls=true"): {"plugins": [], "pagination": {"limit": 200, "next_page_token": None}},
+        ("GET", "/backend-api/ps/plugins/list?scope=GLOBAL&limit=50"): {"plugins": [], "pagination": {"limit": 50, "next_page_token": None}},
+        ("GET", "/backend-api/ps/plugins/suggested/codex?scope=GLOBAL"): {"enabled": True, "plugins": []},
+        ("GET", "/backend-api/plugins/featured?platform=codex"): [],
+        ("GET", "/backend-api/wham/settings/user"): {"commit_attribution_enabled": False},
+        ("GET", "/backend-api/wham/security-setup"): {"notice": None},
+        ("GET", "/backend-api/wham/workspace-messages"): {"messages": []},
+        ("POST", "/backend-api/codex/analytics-events/events"): {"status": "ok"},
+    }  # fmt: skip
+    for (method, path), answer in expected.items():
+        r = await client.request(method, path, headers=h, json={"events": []} if method == "POST" else None)
+        assert (r.status_code, r.json()) == (200, answer), path
+        r = await client.request(method, path)  # these want the account's token like the rest
+        assert r.status_code == 401, path
+
+    # the apps MCP server: answered without a token (Codex sends none off chatgpt.com)
+    mcp = "/backend-api/ps/mcp"
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    r = await client.post(mcp, json=init)
+    assert r.status_code == 200
+    result = r.json()["result"]
+    assert r.json()["id"] == 0 and result["protocolVersion"] == "2025-06-18" and "tools" in result["capabilities"]
+    r = await client.post(mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert r.status_code == 202 and r.content == b""
+    r = await client.post(mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert r.json() == {"jsonrpc": "2.0", "id": 1, "result": {"tools": [], "nextCursor": None}}
+    r = await client.post(mcp, json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {}})
+    assert r.json()["error"]["code"] == -32601
+    r = await client.post(mcp, json=[{"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                                     {"jsonrpc": "2.0", "method": "notifications/x"}])  # fmt: skip
+    assert r.json() == [{"jsonrpc": "2.0", "id": 3, "result": {}}]
+    r = await client.post(mcp, content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+
+    r = await client.get("/backend-api/ps/plugins/someplugin", headers=h)  # unknown paths stay 404
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    log = (await client.get("/_fake/requests", params={"path": mcp})).json()["requests"]
+    assert log and all(e["side"] for e in log)
+
+
+# --------------------------------------------------------------------------- tool calls and structured output
+
+
+OPENCODE_TOOLS = [
+    {"type": "function", "name": "read", "strict": False, "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["filePath"],
+        "properties": {"filePath": {"type": "string"}, "offset": {"type": "number"}, "limit": {"type": "number"}}}},
+    {"type": "function", "name": "bash", "strict": False, "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["command", "description"],
+        "properties": {"command": {"type": "string"}, "timeout": {"type": "number"},
+                       "description": {"type": "string"}}}},
+    {"type": "function", "name": "todowrite", "strict": True, "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["todos", "mode", "count", "done"],
+        "properties": {
+            "todos": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/todo"}},
+            "mode": {"type": "string", "enum": ["replace", "append"]},
+            "count": {"type": "integer", "minimum": 2},
+            "done": {"type": "boolean"}},
+        "$defs": {"todo": {"type": "object", "required": ["content", "priority"], "additionalProperties": False,
+                           "properties": {"content": {"type": "string"},
+                                          "priority": {"anyOf": [{"type": "null"}, {"enum": ["high", "low"]}]}}}}}},
+]  # fmt: skip
+
+
+async def _call(client, auth, text, tools) -> dict:
+    resp, events = await post_turn(client, auth, turn_body(text, tools=tools))
+    assert resp.status_code == 200, events
+    return next(e for e in events if e["type"] == "response.output_item.done")["item"]
+
+
+async def test_tool_calls_for_any_client(fake, client):
+    from fake_chatgpt import schemas
+
+    alice = fake.add_account("alice")
+    by_name = {t["name"]: t for t in OPENCODE_TOOLS}
+
+    def valid(call):
+        args = json.loads(call["arguments"])
+        assert schemas.errors(args, by_name[call["name"]]["parameters"]) == [], (call["name"], args)
+        return args
+
+    call = await _call(client, alice, "RUN_TOOL", OPENCODE_TOOLS)  # no Codex shell tool: the shell-like one
+    assert call["name"] == "bash" and valid(call)["command"] == "echo tool-ok"
+    call = await _call(client, alice, "RUN_TOOL: ls -la", OPENCODE_TOOLS)
+    assert call["name"] == "bash" and valid(call)["command"] == "ls -la"
+    call = await _call(client, alice, "RUN_TOOL:bash pwd", OPENCODE_TOOLS)
+    assert call["name"] == "bash" and valid(call)["command"] == "pwd"
+    call = await _call(client, alice, "RUN_TOOL:read", OPENCODE_TOOLS)
+    assert call["name"] == "read" and valid(call) == {"filePath": "tool-ok"}
+    call = await _call(client, alice, "RUN_TOOL:todowrite", OPENCODE_TOOLS)
+    args = valid(call)
+    assert args == {"todos": [{"content": "tool-ok", "priority": "high"}], "mode": "replace", "count": 2, "done": True}
+    call = await _call(client, alice, "RUN_TOOL", [by_name["read"], by_name["todowrite"]])  # nothing shell-like
+    assert call["name"] == "read" and valid(call)
+    call = await _call(client, alice, "RUN_TOOL", [by_name["bash"], EXEC_TOOL])  # Codex's own shell tool first
+    assert call["name"] == "exec_command" and json.loads(call["arguments"]) == {"cmd": "echo tool-ok"}
+    call = await _call(client, alice, "RUN_TOOL", [{"type": "local_shell"}])
+    assert call["type"] == "local_shell_call" and call["action"]["command"] == ["bash", "-lc", "echo tool-ok"]
+    call = await _call(client, alice, "RUN_TOOL", [])  # none offered: Codex 0.169.0's default name
+    assert call["name"] == "exec_command"
+
+
+async def test_structured_output(fake, client):
+    from fake_chatgpt import schemas
+
+    alice = fake.add_account("alice")
+    schema = {
+        "type": "object", "additionalProperties": False, "required": ["answer", "score", "tags", "nested", "kind"],
+        "properties": {
+            "answer": {"type": "string"}, "score": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "nested": {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+            "kind": {"type": "string", "enum": ["a", "b"]}},
+    }  # fmt: skip
+    fmt = {"type": "json_schema", "name": "out", "schema": schema, "strict": True}
+    _, events = await post_turn(client, alice, _bare(text={"format": fmt}))
+    text = events[-1]["response"]["output"][0]["content"][0]["text"]
+    value = json.loads(text)
+    assert schemas.errors(value, schema) == []
+    assert value == {"answer": "fake", "score": 1, "tags": ["fake"], "nested": {"ok": True}, "kind": "a"}
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == text
+
+    _, events = await post_turn(client, alice, _bare(text={"format": {"type": "json_object"}}))
+    value = json.loads(events[-1]["response"]["output"][0]["content"][0]["text"])
+    assert value == {"message": "Answer from fake account alice."}
+    _, events = await post_turn(client, alice, _bare(text={"format": {"type": "text"}}))
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Answer from fake account alice."
+
+
+def test_cli_lenient_switch_and_rules_in_help(tmp_path):
+    helped = subprocess.run([sys.executable, str(CLI), "--help"], check=False, capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0
+    for needle in ("--lenient", "Instructions are required", "Store must be set to false", "langwatch/langwatch#7507",
+                   "Unsupported parameter: <name>", "/backend-api/ps/mcp", "RUN_TOOL:<name>"):
+        assert needle in helped.stdout, needle
+    proc = subprocess.Popen(
+        [sys.executable, str(CLI), "--names", "alice", "--lenient"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = ""
+        while "listening at" not in line:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+        url = line.strip().rsplit(" ", 1)[1]
+        assert httpx.get(url + "/_fake/config").json()["lenient"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)

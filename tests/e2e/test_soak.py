@@ -171,8 +171,8 @@ async def test_refresh_only_revocation_and_presentation_counts(tmp_path):
             assert acct["revoked"] and acct["revoke_scope"] == "refresh"
             # the access tokens already issued still serve a turn
             h = {"authorization": "Bearer " + first.json()["access_token"], "chatgpt-account-id": t["account_id"]}
-            body = {"model": "gpt-5.1-codex", "input": [{"type": "message", "role": "user", "content": "hi"}],
-                    "prompt_cache_key": "conv-1"}
+            body = {"model": "gpt-5.1-codex", "instructions": "Be brief.", "store": False, "stream": True,
+                    "input": [{"type": "message", "role": "user", "content": "hi"}], "prompt_cache_key": "conv-1"}
             turn = await c.post("/backend-api/codex/responses", json=body, headers=h)
             assert turn.status_code == 200 and "response.completed" in turn.text
             logged = [e for e in (await c.get("/_fake/requests")).json()["requests"] if e["path"].endswith("/responses")]

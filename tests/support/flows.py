@@ -12,6 +12,9 @@ from tests.support.procs import FakeBackend, Proxy
 
 CLIENT_TOKEN = "client-own-token-must-never-reach-upstream"
 RESPONSES = "/backend-api/codex/responses"
+# Codex names itself on every request (its body then passes the proxy byte-for-byte, and the
+# backend does not ask it for `instructions`: Codex 0.169.0 sends none)
+CODEX_HEADERS = {"originator": "codex_exec", "user-agent": "codex_exec/0.169.0 (Debian 12.0.0; x86_64) xterm"}
 
 
 def turn_body(key: str | None = "conv-1", text: str = "hello") -> dict:
@@ -28,7 +31,8 @@ def turn_body(key: str | None = "conv-1", text: str = "hello") -> dict:
 
 def turn(proxy: Proxy, key: str | None, *, headers: dict | None = None, body: bytes | None = None) -> httpx.Response:
     """One SSE turn as Codex sends it (client token, session-id = key); redirects not followed."""
-    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "content-type": "application/json"}
+    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "accept": "text/event-stream", "content-type": "application/json",
+         **CODEX_HEADERS}
     if key:
         h["session-id"] = key
     h.update(headers or {})
@@ -52,7 +56,7 @@ def completed_event(text: str) -> dict:
 def ws_turns(proxy: Proxy, key: str, n: int = 1, headers: dict | None = None) -> list[list[dict]]:
     """`n` turns on one WebSocket; each turn's frames up to response.completed, response.failed or
     error (after which no further turn is sent)."""
-    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key, **(headers or {})}
+    h = {"authorization": f"Bearer {CLIENT_TOKEN}", "session-id": key, **CODEX_HEADERS, **(headers or {})}
     turns: list[list[dict]] = []
     with connect(f"ws://127.0.0.1:{proxy.port}{RESPONSES}", additional_headers=h, open_timeout=10) as ws:
         for i in range(n):
