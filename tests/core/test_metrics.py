@@ -26,17 +26,32 @@ def record(**kw):
 
 def test_records_become_request_and_token_counters():
     m = PoolMetrics()
-    m.observe_record(record(input_tokens=100, cached_input_tokens=40, output_tokens=7))
-    m.observe_record(record(input_tokens=5, status=429))
+    m.observe_record(record(input_tokens=100, cached_input_tokens=40, output_tokens=7, model="gpt-5.1-codex"))
+    m.observe_record(record(input_tokens=5, status=429, model="gpt-5.1-codex"))  # a name served before: kept
+    m.observe_record(record(status=400, model="made-up-model"))  # never served: "other"
     m.observe_record(record(account="bob", kind="usage", status=None))
     s = samples(m)
-    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="2xx") == 1
-    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="4xx") == 1
-    assert get(s, "codex_pool_requests_total", account="bob", kind="usage", status_class="none") == 1
-    assert get(s, "codex_pool_tokens_total", account="alice", type="input") == 105
-    assert get(s, "codex_pool_tokens_total", account="alice", type="cached_input") == 40
-    assert get(s, "codex_pool_tokens_total", account="alice", type="output") == 7
-    assert get(s, "codex_pool_tokens_total", account="alice", type="reasoning") is None  # never a zero series
+    model = "gpt-5.1-codex"
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="2xx", model=model) == 1
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="4xx", model=model) == 1
+    assert get(s, "codex_pool_requests_total", account="bob", kind="usage", status_class="none", model="none") == 1
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="4xx", model="other") == 1
+    assert get(s, "codex_pool_tokens_total", account="alice", type="input", model=model) == 105
+    assert get(s, "codex_pool_tokens_total", account="alice", type="cached_input", model=model) == 40
+    assert get(s, "codex_pool_tokens_total", account="alice", type="output", model=model) == 7
+    assert get(s, "codex_pool_tokens_total", account="alice", type="reasoning", model=model) is None  # never a zero series
+
+
+def test_model_labels_are_bounded():
+    """Any client can name any model: past MAX_MODELS names (or an absurdly long one) count as "other"."""
+    m = PoolMetrics()
+    for i in range(metrics_mod.MAX_MODELS + 5):
+        m.observe_record(record(model=f"model-{i}"))
+    m.observe_record(record(model="x" * 500))
+    m.observe_record(record(model="model-0"))
+    s = samples(m)
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="2xx", model="other") == 6
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="2xx", model="model-0") == 2
 
 
 def test_histograms_are_cumulative_with_le_buckets():

@@ -100,7 +100,18 @@ def test_grouping(group, keys, counts):
     if counts is not None:
         assert project(rows) == counts
     # whatever the grouping, the totals are the same
-    assert totals(rows) == {f: v for f, v in zip(COUNT_FIELDS, (11, 8, 6510, 1900, 475, 130, 6985, 1, 3, 1))}
+    assert totals(rows) == {f: v for f, v in zip(COUNT_FIELDS, (11, 8, 6510, 1900, 475, 130, 6985, 1, 3, 1, 0))}
+
+
+def test_a_side_request_refused_is_not_an_error_but_a_refused_turn_is():
+    """Codex's side requests (plugins, settings, analytics) answered 4xx are counted apart; a turn
+    the backend refused (400) is a real failure."""
+    records = [rec("2026-11-02T12:00:00", "alice", None, kind="other", outcome="client_error_404"),
+               rec("2026-11-02T12:00:01", "alice", None, kind="usage", outcome="client_error_403"),
+               rec("2026-11-02T12:00:02", "alice", "gpt-a", outcome="client_error_400"),
+               rec("2026-11-02T12:00:03", "alice", None, kind="other", outcome="server_error_502")]
+    [row] = aggregate(records, ("account",), None)
+    assert (row["requests"], row["side_4xx"], row["errors"]) == (4, 2, 2)
 
 
 def test_input_order_does_not_matter():
@@ -256,7 +267,7 @@ def test_table_layout():
     text = to_table(rows, ("account",), True)
     lines = text.splitlines()
     assert lines[0].split() == ["account", "requests", "turns", "input", "cached", "output", "reasoning", "total",
-                                "failed", "over", "errors", "cancelled", "cost", "$"]
+                                "failed", "over", "errors", "cancelled", "side", "4xx", "cost", "$"]
     assert len({len(line) for line in lines[:2]}) == 1  # header as wide as the rule
     assert "123,456,789" in text and "123456789" not in text
     assert lines[-1].startswith("total ") and lines[-1].endswith("n/a")
@@ -270,8 +281,8 @@ def test_csv_has_plain_numbers_and_empty_unknown_cost():
     text = to_csv(aggregate(RECORDS + BIG, ("model",), PRICES))
     lines = text.splitlines()
     assert lines[0] == ("model,requests,turns,input_tokens,cached_input_tokens,output_tokens,reasoning_tokens,"
-                        "total_tokens,failed_over,errors,cancelled,cost_usd")
-    assert "gpt-x,2,2,10,0,5,0,15,0,1,0," in lines
+                        "total_tokens,failed_over,errors,cancelled,side_4xx,cost_usd")
+    assert "gpt-x,2,2,10,0,5,0,15,0,1,0,0," in lines
     assert any(x.startswith("gpt-a,8,6,123462789,") for x in lines)
 
 
@@ -279,7 +290,7 @@ def test_empty_report():
     assert aggregate([], ("account",), PRICES) == []
     assert to_json([], ("account",), None, None)["totals"]["requests"] == 0
     assert to_csv([], ("account",)).splitlines()[0].startswith("account,requests,")
-    assert to_table([], ("account",), True).splitlines()[-1].split() == ["total"] + ["0"] * 10 + ["0.0000"]
+    assert to_table([], ("account",), True).splitlines()[-1].split() == ["total"] + ["0"] * 11 + ["0.0000"]
 
 
 # --- dates -----------------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ def samples(text):
 
 
 def value(metrics, name, **labels):
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum over the series of `name` whose labels include `labels` (e.g. over every model)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items() if n == name and wanted <= set(ls))
 
 
 def scripted_run(root):

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "usage-report"
 
 COUNTS = ("requests", "turns", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens",
-          "total_tokens", "failed_over", "errors", "cancelled")
+          "total_tokens", "failed_over", "errors", "cancelled", "side_4xx")
 TITLES = {"input": "input_tokens", "cached": "cached_input_tokens", "output": "output_tokens",
-          "reasoning": "reasoning_tokens", "total": "total_tokens", "failed over": "failed_over", "cost $": "cost_usd"}
+          "reasoning": "reasoning_tokens", "total": "total_tokens", "failed over": "failed_over", "side 4xx": "side_4xx", "cost $": "cost_usd"}
 
 
 def ts(text: str) -> float:
@@ -161,7 +161,7 @@ def test_no_prices_no_cost_column(project):
     (project / "mitm.yaml").write_text("data_dir: data\n")
     t = run(config=project / "mitm.yaml")
     assert t.returncode == 0 and "cost $" not in t.stdout and "n/a" not in t.stdout
-    assert [line.split()[-1] for line in t.stdout.splitlines() if line.startswith("account")] == ["cancelled"]
+    assert [line.split()[-1] for line in t.stdout.splitlines() if line.startswith("account")] == ["4xx"]
     assert "cost_usd" not in run("--csv", config=project / "mitm.yaml").stdout
 
 

@@ -58,9 +58,11 @@ def pipeline(pool):
 
 
 def turn_flow(headers=None, body=b'{"prompt_cache_key":"k1","input":[]}', path="/backend-api/codex/responses"):
+    """A turn as Codex sends it (its originator: passed byte-for-byte, not normalised)."""
     f = tflow.tflow()
     f.request = tutils.treq(method=b"POST", path=path.encode(), content=body, headers=http.Headers(
-        [(b"authorization", b"Bearer client-token"), (b"chatgpt-account-id", b"client-acct"), (b"cookie", b"c=1")]
+        [(b"authorization", b"Bearer client-token"), (b"chatgpt-account-id", b"client-acct"), (b"cookie", b"c=1"),
+         (b"originator", b"codex_exec")]
         + [(k.encode(), v.encode()) for k, v in (headers or {}).items()]))
     f.response = None
     return f

@@ -1,7 +1,8 @@
 """The conversation a request belongs to, and the short keyed hash we keep instead of the raw id.
 
 Headers first (Codex sends `session-id` and `thread-id`; older clients `session_id` /
-`conversation_id`), then the JSON body's `prompt_cache_key`. The body is searched, not parsed,
+`conversation_id`; OpenCode `x-session-id` / `x-session-affinity`), then the JSON body's
+`prompt_cache_key` (for `/v1/chat/completions` the proxy derives one: core/chat_request.py). The body is searched, not parsed,
 unless the key appears more than once: bodies carry the whole history and can be megabytes.
 Whatever the body holds, the lookup answers a key or None and never raises: a body that is not
 JSON, nests deeper than the parser recurses, or is too large to parse has no key (the request is
@@ -16,7 +17,10 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
-HEADER_KEYS = ("session-id", "session_id", "thread-id", "conversation_id", "conversation-id")
+# Codex's, older clients', then OpenCode's (`x-session-id`, `x-session-affinity`: on every request
+# of a session, its title request included)
+HEADER_KEYS = ("session-id", "session_id", "thread-id", "conversation_id", "conversation-id",
+               "x-session-id", "x-session-affinity")
 
 # Only matches a real key: inside a JSON string a quote is always escaped (\"), so an
 # unescaped `"prompt_cache_key"` followed by a colon is a key of some object in the body.

@@ -3,7 +3,7 @@
 Counters and histograms are fed from the same events as the ledger (one call per ledger record,
 failover and refresh); per-account and pool gauges are computed at scrape time from the live
 state, so an account that leaves the pool leaves the output too. Labels are bounded: account
-names, kinds, status classes, reasons — never conversation ids. No mitmproxy imports.
+names, kinds, status classes, reasons, at most MAX_MODELS model names — never conversation ids. No mitmproxy imports.
 
 The request path only adds numbers to plain dicts (`_Tally`, `_Histogram`): a prometheus_client
 Counter or Histogram takes a lock per increment and a labels() lookup per series, which on a
@@ -31,6 +31,7 @@ TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MAX_SERIES = 10_000  # label values are bounded, but never let a family grow unchecked
+MAX_MODELS = 64  # distinct `model` label values; later ones count as "other"
 
 
 def status_class(status: int | None) -> str:
@@ -94,10 +95,13 @@ class PoolMetrics:
         """`snapshot(now)` returns {"accounts": [{name, state, usable, in_flight, primary, secondary}],
         "sticky": n} for the scrape-time gauges; `clock()` gives that `now`."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = _Tally("codex_pool_requests", "Requests that reached upstream, by account, kind and status class.",
-                               ("account", "kind", "status_class"))
-        self.tokens = _Tally("codex_pool_tokens", "Tokens reported by upstream in response.completed, by account and type.",
-                             ("account", "type"))
+        self.requests = _Tally("codex_pool_requests",
+                               "Requests that reached upstream, by account, kind, status class and model.",
+                               ("account", "kind", "status_class", "model"))
+        self.tokens = _Tally("codex_pool_tokens",
+                             "Tokens reported by upstream in response.completed, by account, type and model.",
+                             ("account", "type", "model"))
+        self._models: set[str] = set()  # model label values so far (bounded: clients name models)
         self.ttfb = _Histogram("codex_pool_upstream_ttfb_seconds", "Time from sending a request upstream to its first byte.",
                                "kind", TTFB_BUCKETS)
         self.duration = _Histogram("codex_pool_upstream_duration_seconds",
@@ -115,17 +119,31 @@ class PoolMetrics:
     def observe_record(self, record: dict[str, Any]) -> None:
         """One ledger record (a request, or one WebSocket turn)."""
         account, kind = record.get("account") or "?", record.get("kind") or "other"
-        self.requests.inc((account, kind, status_class(record.get("status"))))
+        model = self._model_label(record.get("model"), record.get("status"))
+        self.requests.inc((account, kind, status_class(record.get("status")), model))
         for field, name in TOKEN_TYPES:
             value = record.get(field)
             if value and value > 0:
-                self.tokens.inc((account, name), value)
+                self.tokens.inc((account, name, model), value)
         ttfb_ms = record.get("ttfb_ms")
         if isinstance(ttfb_ms, (int, float)) and ttfb_ms >= 0:
             self.ttfb.observe(kind, ttfb_ms / 1000)
         duration_ms = record.get("duration_ms")
         if isinstance(duration_ms, (int, float)) and duration_ms >= 0:
             self.duration.observe(kind, duration_ms / 1000)
+
+    def _model_label(self, model: Any, status: Any) -> str:
+        """The model as a label value: "none" when unknown. Any client can name any model, so a name
+        becomes a label value only once upstream served it (a 2xx), and at most MAX_MODELS of them;
+        the rest count as "other"."""
+        if not isinstance(model, str) or not model:
+            return "none"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODELS or len(model) > 100 or not (isinstance(status, int) and 200 <= status < 300):
+            return "other"
+        self._models.add(model)
+        return model
 
     def failover(self, reason: str) -> None:
         self.failovers.inc((reason,))

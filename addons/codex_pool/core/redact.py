@@ -24,7 +24,10 @@ def redact(text: str) -> str:
     return _KEYED.sub(r"\1[redacted]", text)
 
 
-CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "cookie", "proxy-authorization"})
+# a client's own identity: ChatGPT's, and the API-key headers OpenAI-style SDKs send (Azure's
+# `api-key`, `x-api-key`, the organisation and project of an OpenAI key)
+CLIENT_CREDENTIAL_HEADERS = frozenset({"authorization", "chatgpt-account-id", "cookie", "proxy-authorization",
+                                       "api-key", "x-api-key", "openai-organization", "openai-project"})
 # Raw header names that cannot be a credential, told by their first byte: an ASCII letter none of
 # the credential names starts with (either case). Anything else gets the full check.
 CANNOT_BE_CREDENTIAL = frozenset(

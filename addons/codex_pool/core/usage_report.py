@@ -20,7 +20,9 @@ from codex_pool.core.ledger import TOKEN_FIELDS  # the usage records' token coun
 GROUP_KEYS = ("account", "day", "model")
 TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})
 NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled", "unparsed"})  # unparsed: served, end unreadable
-COUNT_FIELDS = ("requests", "turns", *TOKEN_FIELDS, "failed_over", "errors", "cancelled")
+# side_4xx: a client's side request (Codex's plugins, settings, analytics, ...) answered 4xx by the
+# backend; counted apart so a report shows no errors where nothing failed (a refused turn is an error)
+COUNT_FIELDS = ("requests", "turns", *TOKEN_FIELDS, "failed_over", "errors", "cancelled", "side_4xx")
 COST_DECIMALS = 4
 UNKNOWN = "(unknown)"
 
@@ -30,7 +32,7 @@ TABLE_TITLES = {
     "requests": "requests", "turns": "turns",
     "input_tokens": "input", "cached_input_tokens": "cached", "output_tokens": "output",
     "reasoning_tokens": "reasoning", "total_tokens": "total",
-    "failed_over": "failed over", "errors": "errors", "cancelled": "cancelled",
+    "failed_over": "failed over", "errors": "errors", "side_4xx": "side 4xx", "cancelled": "cancelled",
     "cost_usd": "cost $",
 }
 NULL_COST = "n/a"
@@ -126,7 +128,10 @@ def aggregate(records: Iterable[Mapping[str, Any]], group: Sequence[str],
         elif outcome == "client_cancelled":
             counts["cancelled"] += 1
         elif outcome not in NOT_ERRORS:
-            counts["errors"] += 1
+            if rec.get("kind") not in TURN_KINDS and str(outcome).startswith("client_error_"):
+                counts["side_4xx"] += 1  # a client's side request (plugins, settings, ...) refused: no failure
+            else:
+                counts["errors"] += 1
         if prices is not None:
             cost = record_cost(rec, prices)
             if cost is None:

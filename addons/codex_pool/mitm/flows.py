@@ -10,6 +10,7 @@ from codex_pool.core.bodies import error_body
 from codex_pool.core.redact import CANNOT_BE_CREDENTIAL, is_client_credential, redact
 
 META = "codex_pool"  # flow.metadata key: a JSON-friendly copy of the flow's Exchange, for saved flows
+CLIENT = "codex_pool.client"  # flow.metadata key: what an OpenAI-style client asked for (mitm/openai_compat.py)
 
 
 def answer(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json",

@@ -58,8 +58,9 @@ class Routing:
         try:
             if not paths.is_forwardable(flow.request.path):
                 answer_error(flow, 404, "not_found", "not_forwarded",
-                             f"codex-pool forwards only {paths.FORWARD_PREFIX}… to the ChatGPT backend; "
-                             f"point your client's base URL at http://<proxy>{paths.FORWARD_PREFIX}codex")
+                             f"codex-pool forwards only {paths.FORWARD_PREFIX}… to the ChatGPT backend and serves /v1/…; "
+                             f"point Codex at http://<proxy>{paths.FORWARD_PREFIX}codex, "
+                             "OpenAI-style clients at http://<proxy>/v1")
                 return None
             wanted = self._read(flow)
             return self._place(flow, wanted, may_wait=True)

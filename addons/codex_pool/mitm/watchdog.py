@@ -22,7 +22,7 @@ from mitmproxy import ctx, http
 from codex_pool.core import watchdog
 from codex_pool.core.pool import Pool
 from codex_pool.core.sse import SSETap
-from codex_pool.mitm.flows import describe_error
+from codex_pool.mitm.flows import CLIENT, describe_error
 
 log = logging.getLogger("codex_pool")
 
@@ -72,8 +72,13 @@ class StreamWatchdog:
             previous = self._progress.get(flow_id)
             if previous is None or previous[0] != seen:
                 self._progress[flow_id] = previous = (seen, now)
+            # an answer buffered for a client that asked for one object (mitm/openai_compat.py) shows no
+            # progress: it gets the idle timeout for all of it, counted from its headers
+            buffered = (tap is None and exchange.first_byte_at is not None and flow.response is not None
+                        and flow.response.stream is False and CLIENT in flow.metadata)
             why = watchdog.overdue(opened_at=exchange.opened_at, first_byte_at=exchange.first_byte_at,
-                                   streaming=tap is not None and not tap.ended, last_progress_at=previous[1],
+                                   streaming=(tap is not None and not tap.ended) or buffered,
+                                   last_progress_at=exchange.first_byte_at if buffered else previous[1],
                                    now=now, first_byte=first_byte, idle=idle)
             if why is None:
                 continue

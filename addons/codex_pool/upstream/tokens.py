@@ -49,6 +49,7 @@ class TokenService:
         self.http: httpx.AsyncClient | None = None
         self.keeper: TokenKeeper | None = None
         self.poller: UsagePoller | None = None
+        self.upstream_base: str | None = None  # the reverse-proxy target, for the proxy's own calls
         self._refreshed_after_401: dict[str, float] = {}
         self._work: set[asyncio.Task] = set()
         self._refreshing: dict[str, asyncio.Task[RefreshResult | None]] = {}
@@ -56,6 +57,7 @@ class TokenService:
     def configure(self, config: Config, http: httpx.AsyncClient | None, upstream_base: str | None) -> None:
         """(Re)build the refresher and usage poller for the current settings."""
         self.http = http
+        self.upstream_base = upstream_base.rstrip("/") if upstream_base else None
         if http is None:
             return
         if self.keeper is None:
