@@ -17,6 +17,7 @@ from codex_pool.mitm.endpoints import LocalEndpoints
 from codex_pool.mitm.guard import CredentialGuard
 from codex_pool.mitm.lifecycle import Lifecycle
 from codex_pool.mitm.models_cache import ModelsCache
+from codex_pool.mitm.openai_compat import ClientAnswers, ClientRequests
 from codex_pool.mitm.pipeline import Pipeline
 from codex_pool.mitm.routing import Routing
 from codex_pool.mitm.verdicts import Verdicts
@@ -34,9 +35,11 @@ addons = [
         CodexStreamView(),  # the "Codex stream" content view in mitmweb
         CredentialGuard(),  # requestheaders: client credentials never go upstream; refuses unsafe settings
         LocalEndpoints(pool, lifecycle),  # request: /healthz, /metrics, /admin/*, accounts/check, /oauth/token
-        ModelsCache(pool),  # request: a recent models list answered locally; response: keep a copy
+        ClientRequests(),  # request: /v1/* and other clients' bodies → what the backend accepts
+        ModelsCache(pool, tokens),  # request: a recent models list answered locally; response: keep a copy
         Routing(pool, tokens),  # request: account + credentials (after a refresh it waits for), or an honest answer
         Verdicts(pool, tokens),  # responseheaders/response/error: stream tap, failover, ledger
+        ClientAnswers(pool),  # responseheaders/response: answers translated back for /v1 clients
         WebSocketTurns(pool, tokens),  # websocket_message/_end: turns, error frames, ledger
         StreamWatchdog(pool),  # request: watch it; an upstream silent too long is cut, the account cooled
         Commands(pool, lifecycle),  # codex_pool.pin/unpin/disable/enable/reload/accounts

@@ -7,11 +7,13 @@ import time
 import pytest
 from codex_pool.core.client_home import placeholder_client_auth
 
+from tests.support.wait import wait_for
+
 pytestmark = [pytest.mark.client, pytest.mark.e2e]
 
 
 def test_codex_exec_resume_and_a_second_conversation(codex_world):
-    w = codex_world("custom", "policy: round_robin\n")
+    w = codex_world("custom", "policy: round_robin\nledger_flush_seconds: 0.2\n")
 
     first = w.codex("say hi")
     assert "Answer from fake account" in first.stdout
@@ -34,3 +36,11 @@ def test_codex_exec_resume_and_a_second_conversation(codex_world):
 
     assert w.client_refreshes() == 0  # Codex never refreshed its own token
     assert w.accounts.sent()[t1["account"]]["cache_hits"] >= 1  # the resumed turn hit its account's cache
+
+    # an ordinary session shows no errors: Codex's side requests (plugins, MCP, settings, analytics)
+    # are answered, and a client's 4xx on one would be counted apart from failed turns (side_4xx)
+    def report():
+        r = w.proxy.http.get("/admin/usage", params={"group": "account"}).json()
+        return r["totals"] if r["totals"]["turns"] >= 3 else None
+    totals = wait_for(report, 10, "the three turns in the ledger")
+    assert totals["errors"] == 0 and totals["requests"] > totals["turns"], totals

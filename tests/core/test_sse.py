@@ -102,6 +102,7 @@ def run_tap(chunks: list[bytes], encoding: str | None = None, **kw: Any) -> tupl
         assert out is chunk
         returned.append(out)
     assert b"".join(returned) == b"".join(chunks)
+    tap.drain()  # what the response hook does once the stream is over
     return tap, obs
 
 
@@ -675,3 +676,18 @@ def test_a_bom_split_across_the_first_chunks_is_still_dropped(cut) -> None:
     p = SSEParser()
     events = p.feed(data[:cut]) + p.feed(data[cut:])
     assert [(e.event, e.data) for e in events] == [("response.completed", "{}")]
+
+
+def test_an_empty_chunk_mid_stream_is_not_the_end() -> None:
+    """mitmproxy passes an empty HTTP/2 DATA frame (no END_STREAM) to the stream callable as b"", the
+    same as its end-of-body call: the tap keeps parsing when more data follows."""
+    mid = len(CODEX_STREAM) // 2
+    tap, obs = run_tap([CODEX_STREAM[:mid], b"", CODEX_STREAM[mid:]])
+    assert obs.completed is True and obs.usage is not None and tap.events == N_EVENTS
+
+
+def test_a_raising_transform_is_dropped_and_the_bytes_go_on() -> None:
+    tap = SSETap(None, TurnObserver(), clock=lambda: 0.0)
+    tap.transform = lambda chunk: 1 / 0
+    assert tap(b"data: {}\n\n") == b"data: {}\n\n" and tap.transform is None
+    assert "ZeroDivisionError" in tap.transform_error and tap.error is None  # its own parsing goes on

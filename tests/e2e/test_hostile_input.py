@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from codex_pool.core import zstd
 from codex_pool.storage.ledger_store import LedgerStore
-from tests.support.flows import CLIENT_TOKEN, RESPONSES, completed_event, served_by, turn, turn_body, ws_turns
+from tests.support.flows import CLIENT_TOKEN, CODEX_HEADERS, RESPONSES, completed_event, served_by, turn, turn_body, ws_turns
 from tests.support.proxy_world import ProxyWorld
 from tests.support.wait import wait_for
 
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    world = ProxyWorld(tmp_path_factory.mktemp("hostile"), "policy: round_robin\nledger_flush_seconds: 0.2\n")
+    # client_quota: account — streams pass byte-for-byte, which the tests check by hash
+    world = ProxyWorld(tmp_path_factory.mktemp("hostile"), "policy: round_robin\nledger_flush_seconds: 0.2\n"
+                                                            "client_quota: account\n")
     yield world
     world.stop()
 
@@ -178,7 +180,7 @@ def test_a_malformed_websocket_frame_closes_only_its_own_socket(shared, name):
     frame, code = MALFORMED_FRAMES[name]
     w = shared.fresh(["alice"])
     url = f"ws://127.0.0.1:{w.proxy.port}{RESPONSES}"
-    headers = {"authorization": f"Bearer {CLIENT_TOKEN}"}
+    headers = {"authorization": f"Bearer {CLIENT_TOKEN}", **CODEX_HEADERS}
     with connect(url, additional_headers={**headers, "session-id": "bystander"}, open_timeout=10) as bystander:
         with connect(url, additional_headers={**headers, "session-id": "bad"}, open_timeout=10) as bad:
             bad.socket.sendall(frame)

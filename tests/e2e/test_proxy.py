@@ -23,7 +23,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     # quick scans: files dropped into the pool folder are picked up within 0.2 s
-    world = ProxyWorld(tmp_path_factory.mktemp("proxy"), "policy: round_robin\npool_scan_seconds: 0.2\n")
+    # client_quota: account — answers pass byte-for-byte (the pool's figures are tested in test_pool_quota_shown)
+    world = ProxyWorld(tmp_path_factory.mktemp("proxy"), "policy: round_robin\npool_scan_seconds: 0.2\n"
+                                                          "client_quota: account\n")
     yield world
     world.stop()
 
@@ -322,7 +324,9 @@ def test_workspace_routing_and_client_refresh_are_answered_locally(shared):
                                 "authorization": f"Bearer {CLIENT_TOKEN}"})
     [entry] = r.json()["accounts"]
     assert entry["id"] == "client-acct" and entry["account_routing_override"] == "NO_CONSTRAINT"
-    assert entry["workspace_backend_origin"] == f"http://127.0.0.1:{proxy.port}"  # this listener, whatever the headers say
+    # this listener, whatever the headers say; https even when asked over http (Codex refuses other
+    # origins, and the listener speaks TLS on the same port)
+    assert entry["workspace_backend_origin"] == f"https://127.0.0.1:{proxy.port}"
     t = proxy.http.post("/oauth/token", json={"grant_type": "refresh_token", "refresh_token": "rt_client_own"})
     assert t.status_code == 200 and t.json()["access_token"].count(".") == 2
     assert backend.requests() == []  # neither went upstream

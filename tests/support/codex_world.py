@@ -29,7 +29,8 @@ class CodexWorld:
         from codex_pool.cli import codex_setup
 
         self.tmp_path, self.codex_bin = tmp_path, codex_bin
-        self.world = ProxyWorld(tmp_path, f"usage_poll_seconds: 0\n{settings}")
+        polling = "" if "usage_poll_seconds" in settings else "usage_poll_seconds: 0\n"
+        self.world = ProxyWorld(tmp_path, f"{polling}{settings}")
         self.backend, self.proxy, self.pool_dir = self.world.backend, self.world.proxy, self.world.pool_dir
         self.home = tmp_path / "user" / "codex-home"
         origin = f"{'https' if mode == 'native' else 'http'}://127.0.0.1:{self.proxy.port}"

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 
 POLICIES = ("usage_balanced", "round_robin", "fill_first")
+CLIENT_QUOTAS = ("pool", "account")
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class Config:
     first_byte_timeout_seconds: float = 120.0  # no answer from upstream this long: cut, cool, client retries elsewhere
     stream_idle_timeout_seconds: float = 240.0  # a started stream silent this long: ended like a cut stream
     prices: dict = dataclasses.field(default_factory=dict)  # model -> {input, cached_input, output} $/1M tokens
+    client_quota: str = "pool"  # what answers' x-codex-* headers and codex.rate_limits events show clients
     source: Path | None = None  # the file this came from, None for built-in defaults
 
     @property
@@ -146,7 +148,14 @@ _VALIDATORS = {
     "first_byte_timeout_seconds": lambda k, v: _number(k, v, minimum=0, maximum=3600),
     "stream_idle_timeout_seconds": lambda k, v: _number(k, v, minimum=0, maximum=3600),
     "prices": lambda k, v: _prices(k, v),
+    "client_quota": lambda k, v: _choice(k, v, CLIENT_QUOTAS),
 }
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 PRICE_FIELDS = ("input", "cached_input", "output")

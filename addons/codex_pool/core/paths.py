@@ -7,6 +7,7 @@ METRICS = "/metrics"
 ACCOUNTS_CHECK = "/backend-api/wham/accounts/check"  # Codex's workspace routing: answered by the proxy
 TOKEN = "/oauth/token"  # a client's own refresh, when its token URL points here: answered by the proxy
 MODELS = "/backend-api/codex/models"
+USAGE = "/backend-api/wham/usage"  # a client's quota view (Codex's /status): the pool's figures, answered by the proxy
 ADMIN_PREFIX = "/admin/"
 FORWARD_PREFIX = "/backend-api/"  # everything Codex and OpenAI-style clients call lives here
 
@@ -18,11 +19,11 @@ def bare(path: str) -> str:
 def is_local(path: str) -> bool:
     """Answered by the proxy itself, never forwarded."""
     p = bare(path)
-    return p in (HEALTH, METRICS, "/admin", ACCOUNTS_CHECK, TOKEN) or p.startswith(ADMIN_PREFIX)
+    return p in (HEALTH, METRICS, "/admin", ACCOUNTS_CHECK, TOKEN, USAGE) or p.startswith(ADMIN_PREFIX)
 
 
 def is_forwardable(path: str) -> bool:
     """Only the ChatGPT backend API goes upstream with a pool account's credentials; web pages and
     anything else on the upstream host stay out of reach."""
     p = bare(path)
-    return p.startswith(FORWARD_PREFIX) and p != ACCOUNTS_CHECK
+    return p.startswith(FORWARD_PREFIX) and p not in (ACCOUNTS_CHECK, USAGE)

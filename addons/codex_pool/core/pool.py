@@ -21,6 +21,7 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.health import HealthEvent, HealthPolicy
 from codex_pool.core.metrics import PoolMetrics
 from codex_pool.core.outcome import Verdict
+from codex_pool.core.pool_quota import AccountQuota, PoolQuota, pool_quota
 from codex_pool.core.quota import RateLimits
 from codex_pool.core.router import NoRoute, Route, Router
 
@@ -117,6 +118,12 @@ class Pool:
     def latest_limits(self, name: str) -> RateLimits | None:
         rt = self.registry.runtime.get(name)
         return rt.rate_limits if rt else None
+
+    def client_quota(self, now: float) -> PoolQuota:
+        """The pool's quota as clients are shown it (core/pool_quota.py has the formula)."""
+        registry = self.registry
+        return pool_quota((AccountQuota(registry.state(name, now), self.latest_limits(name), account.plan)
+                           for name, account in registry.accounts.items()), now)
 
     def settle(self, exchange: Exchange, verdict: Verdict, now: float, *, answer_sent: bool,
                transport: str = "http", status: int | None = None, served: bool = True) -> Settlement:

@@ -389,17 +389,38 @@ class SSETap:
         self.clock = clock
         self.first_byte_at: float | None = None
         self.bytes_seen = 0
-        self.ended = False
+        self.ended = False  # the last call was the b"" one (the end, unless more data follows)
+        self.closed = False  # drain() closed the parser: the stream is over
         self.events = 0
         self.error: str | None = None
+        # what the client receives instead of the upstream bytes (a translation, e.g. into chat
+        # chunks: core/answer_translate.py); None passes them on untouched. It must never raise.
+        self.transform: Callable[[bytes], bytes] | None = None
+        self.transform_error: str | None = None
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> bytes | tuple[()]:
+        out = self._tap(chunk)
+        transform = self.transform
+        if transform is None:
+            return out
+        try:
+            # nothing to send yet is (), never b"": mitmproxy sends an empty chunk, which ends a
+            # chunked body for the client (proxy/layers/http/__init__.py, state_stream_response_body)
+            return transform(out) or ()
+        except Exception as e:  # a transform must not raise; if one does, the bytes go on as they came
+            self.transform = None
+            self.transform_error = f"{type(e).__name__}: {str(e)[:100]}"
+            return out or ()
+
+    def _tap(self, chunk: bytes) -> bytes:
         try:
             if chunk:
+                # data after an empty chunk: that was an empty HTTP/2 DATA frame, not the end
+                self.ended = False
                 self.bytes_seen += len(chunk)
                 if self.first_byte_at is None:
                     self.first_byte_at = self.clock()
-                if self.error is None and not self.ended:
+                if self.error is None and not self.closed:
                     self._queued.append(chunk)  # kept and parsed a batch at a time
                     self._queued_bytes += len(chunk)
                     if self._queued_bytes >= self.batch_bytes:
@@ -407,24 +428,27 @@ class SSETap:
                 elif len(self.kept) < self.keep_bytes:
                     self.kept += chunk[: self.keep_bytes - len(self.kept)]
             elif not self.ended:
+                # mitmproxy's call at the end of the body, or an empty DATA frame mid-stream (which
+                # it passes on as b"" too): parse what is queued; `drain` closes the parser
                 self.ended = True
-                if self.error is None:
+                if self.error is None and not self.closed:
                     self._parse_queued()
-                    tail = self.decoder.flush()
-                    if tail:
-                        self._dispatch(self.parser.feed(tail))
-                    self._dispatch(self.parser.close())
-                self._note_unparsed()
         except Exception as e:  # a raising stream callable would drop the chunk
             self.error = f"{type(e).__name__}: {str(e)[:120]}"
             self._note_unparsed()
         return chunk
 
     def drain(self) -> None:
-        """Parse what is queued (before reading the observer of a stream that has not ended)."""
+        """The stream is over (the response or error hook): parse what is queued, undo the rest of
+        the content encoding, close the parser (an unterminated last event is dropped). Idempotent."""
         try:
-            if self.error is None and not self.ended:
+            if self.error is None and not self.closed:
+                self.closed = True
                 self._parse_queued()
+                tail = self.decoder.flush()
+                if tail:
+                    self._dispatch(self.parser.feed(tail))
+                self._dispatch(self.parser.close())
         except Exception as e:
             self.error = f"{type(e).__name__}: {str(e)[:120]}"
         self._note_unparsed()

@@ -4,6 +4,7 @@
 |---|---|---|
 | GET | /healthz | 200 with counts while at least one account is usable, else 503 with the reason |
 | GET | /backend-api/wham/accounts/check | Codex's workspace routing, pointing at this proxy |
+| GET | /backend-api/wham/usage | the pool's quota as one account's (Codex's /status; core/pool_quota.py) |
 | POST | /oauth/token | a client's own token refresh, answered with placeholder tokens |
 | GET | /metrics | Prometheus text format (admin access) |
 | GET | /admin/accounts | every pool file with its state; never a token |
@@ -116,6 +117,10 @@ class LocalEndpoints:
     def _accounts_check(self, flow: http.HTTPFlow) -> None:
         answer(flow, 200, json_body(workspace_routing(flow)))
 
+    def _client_usage(self, flow: http.HTTPFlow) -> None:
+        now = self.pool.now()
+        answer(flow, 200, json_body(self.pool.client_quota(now).usage_payload(now)))
+
     def _client_token(self, flow: http.HTTPFlow) -> None:
         answer(flow, 200, json_body(client_refresh_answer(self.pool.now())))
 
@@ -160,6 +165,7 @@ ROUTES: dict[str, Endpoint] = {
     paths.HEALTH: Endpoint(("GET",), LocalEndpoints._health, admin=False),
     paths.ACCOUNTS_CHECK: Endpoint(("GET",), LocalEndpoints._accounts_check, admin=False),
     paths.TOKEN: Endpoint(("POST",), LocalEndpoints._client_token, admin=False),
+    paths.USAGE: Endpoint(("GET",), LocalEndpoints._client_usage, admin=False),
     paths.METRICS: Endpoint(("GET",), LocalEndpoints._metrics, admin=True),
     "/admin/accounts": Endpoint(("GET",), LocalEndpoints._accounts, admin=True),
     "/admin/reload": Endpoint(("POST",), LocalEndpoints._reload, admin=True),
@@ -194,11 +200,14 @@ def admin_refusal(peername, admin_token: str | None, given: str) -> str | None:
 
 def proxy_origin(flow: http.HTTPFlow) -> str:
     """This listener's own origin, from the socket the client connected to (never from a header the
-    client controls, so no request can steer Codex to another origin)."""
+    client controls, so no request can steer Codex to another origin). Always https: Codex 0.169.0
+    refuses a workspace origin that is not ("workspace backend must use an HTTPS origin without
+    credentials", and the interactive TUI then exits even with a custom provider, whose model
+    traffic ignores the origin); the listener speaks TLS on the same port, so a client that follows
+    it still reaches this proxy."""
     host, port = flow.client_conn.sockname[:2]
-    scheme = "https" if flow.client_conn.tls_established else "http"
     host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{port}"
+    return f"https://{host}:{port}"
 
 
 def workspace_routing(flow: http.HTTPFlow) -> dict:

@@ -13,14 +13,16 @@ from codex_pool.core import body_decode, failover, ledger, quota
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.outcome import Verdict, classify_http, classify_transport_error, stream_verdict
 from codex_pool.core.pool import Pool, Settlement
+from codex_pool.core.pool_quota import PoolQuota, RateLimitEventRewriter
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, answer_error, answer_headers, describe_error, redact_pool_token
+from codex_pool.mitm.flows import CLIENT, META, answer_error, answer_headers, describe_error, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
 log = logging.getLogger("codex_pool")
 
+QUOTA_HEADER_PREFIXES = (b"x-codex-primary-", b"x-codex-secondary-", b"x-codex-credits-")
 ERROR_BODY_BYTES = 1 << 20  # an upstream error body is read (to classify it) this far decoded, never further
 
 
@@ -38,15 +40,26 @@ class Verdicts:
             response = flow.response
             now = exchange.first_byte_at = self.pool.now()
             content_type, codex = answer_headers(response.headers)
+            config = self.pool.config
+            show_pool = config is None or config.client_quota == "pool"
             limits = quota.from_headers(codex, now)
-            if limits is not None:
+            if limits is not None:  # the account's own figures first, then the client is shown the pool's
                 self.pool.registry.record_rate_limits(exchange.account, limits)
+                if show_pool:
+                    show_pool_quota(response.headers, self.pool.client_quota(now), now)
             if content_type.startswith("text/event-stream"):
-                config = self.pool.config
-                response.stream = SSETap(response.headers.get("content-encoding"), TurnObserver(), clock=self.pool.clock,
-                                         keep_bytes=(config.inspect_body_limit_kb if config else 0) * 1024)
+                encoding = response.headers.get("content-encoding")
+                tap = response.stream = SSETap(encoding, TurnObserver(), clock=self.pool.clock,
+                                               keep_bytes=(config.inspect_body_limit_kb if config else 0) * 1024)
+                if show_pool and (not encoding or encoding.lower() == "identity"):  # (a compressed stream keeps its events)
+                    tap.transform = RateLimitEventRewriter(self._pool_event)
+                    response.headers.pop("content-length", None)  # the rewritten event may differ in length
         except Exception as e:
             log.error("codex-pool: responseheaders failed on %s: %s", flow.request.path, describe_error(e))
+
+    def _pool_event(self, event: dict) -> dict:
+        now = self.pool.now()
+        return self.pool.client_quota(now).event(now, event)
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Sync for every answer but a 401: that one returns the refresh-then-settle coroutine, which
@@ -59,10 +72,14 @@ class Verdicts:
             exchange.status = response.status_code
             now = self.pool.now()
             tap = response.stream if isinstance(response.stream, SSETap) else None
+            streamed = tap is not None
+            if tap is None and CLIENT in flow.metadata and response.status_code == 200 and answer_headers(
+                    response.headers)[0].startswith("text/event-stream"):  # buffered for a client that wants one object
+                tap = buffered_tap(response, self.pool)
             if tap is not None:
                 self._absorb(flow, exchange, tap)
                 verdict = stream_verdict(tap.observer, now, self.pool.latest_limits(exchange.account))
-                if tap.kept:  # nothing is re-sent: the answer already streamed; this is for mitmweb
+                if streamed and tap.kept:  # nothing is re-sent: the answer already streamed; this is for mitmweb
                     response.raw_content = bytes(tap.kept)
                     if tap.bytes_seen > len(tap.kept):
                         flow.comment += f" · body shown: first {len(tap.kept) // 1024} KB of {tap.bytes_seen // 1024} KB"
@@ -74,23 +91,24 @@ class Verdicts:
                 verdict = classify_http(response.status_code, response.headers, body, now,
                                         self.pool.latest_limits(exchange.account))
             if self.tokens.may_recover(verdict):  # a 401: refresh first, then judge
-                return self._recover_then_settle(flow, exchange, verdict, tap)
-            self._settle(flow, exchange, verdict, tap, now)
+                return self._recover_then_settle(flow, exchange, verdict, tap, streamed)
+            self._settle(flow, exchange, verdict, tap, now, streamed)
         except Exception as e:
-            self._fail_safe(flow, exchange, tap, e)
+            self._fail_safe(flow, exchange, tap if streamed else None, e)
         return None
 
     async def _recover_then_settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict,
-                                   tap: SSETap | None) -> None:
+                                   tap: SSETap | None, streamed: bool) -> None:
         try:
             verdict = await self.tokens.recover_unauthorized(exchange, verdict)
-            self._settle(flow, exchange, verdict, tap, self.pool.now())  # the clock after the wait
+            self._settle(flow, exchange, verdict, tap, self.pool.now(), streamed)  # the clock after the wait
         except Exception as e:
-            self._fail_safe(flow, exchange, tap, e)
+            self._fail_safe(flow, exchange, tap if streamed else None, e)
 
-    def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict, tap: SSETap | None, now: float) -> None:
+    def _settle(self, flow: http.HTTPFlow, exchange: Exchange, verdict: Verdict, tap: SSETap | None, now: float,
+                streamed: bool) -> None:
         upstream_status = flow.response.status_code
-        settlement = self.pool.settle(exchange, verdict, now, answer_sent=tap is not None, status=upstream_status,
+        settlement = self.pool.settle(exchange, verdict, now, answer_sent=streamed, status=upstream_status,
                                       served=not exchange.upgrade)
         self._deliver(flow, exchange, settlement, upstream_status)
         if flow.websocket is None:
@@ -150,8 +168,9 @@ class Verdicts:
                              f"pool account {exchange.account} failed ({settlement.reason}); reconnect to be served by another",
                              retry_after=0)
             else:
+                client = flow.metadata.get(CLIENT)  # a translated request goes back to the client's own path
                 flow.response = http.Response.make(307, b"", {
-                    "location": failover.retry_location(flow.request.path, settlement.chain),
+                    "location": failover.retry_location(client["path"] if client else flow.request.path, settlement.chain),
                     "cache-control": "no-store",
                     "x-codex-pool-failover": settlement.reason,
                 })
@@ -191,13 +210,32 @@ class Verdicts:
         if model is None and exchange.kind != "models" and request.raw_content:
             model = ledger.model_from_body(body_decode.decode_body(
                 request.raw_content, request.headers.get("content-encoding"), ledger.MODEL_SCAN_BYTES).data)
+        client = flow.metadata.get(CLIENT)
         self.pool.account_for(ledger.build_record(
-            ts=start, account=exchange.account, kind=exchange.kind, path=request.path, status=exchange.status,
+            ts=start, account=exchange.account, kind=exchange.kind, path=client["path"] if client else request.path,
+            status=exchange.status,
             outcome=ledger.record_outcome(exchange.ledger_outcome(), exchange.turn),
             usage=(exchange.turn or {}).get("usage"), model=model,
             ttfb_ms=exchange.ttfb_ms, duration_ms=(end - start) * 1000 if start else None,
             attempt=exchange.attempt, conversation=exchange.conversation,
         ))
+
+
+def show_pool_quota(headers: http.Headers, pool_quota: PoolQuota, now: float) -> None:
+    """Replace an answer's `x-codex-*` quota figures by the pool's (core/pool_quota.py): every window
+    and credits header of the account's goes, the pool's come instead."""
+    fields = headers.fields
+    kept = tuple(f for f in fields if not f[0].lower().startswith(QUOTA_HEADER_PREFIXES))
+    headers.fields = kept + tuple((k.encode(), v.encode()) for k, v in pool_quota.headers(now).items())
+
+
+def buffered_tap(response: http.Response, pool: Pool) -> SSETap:
+    """A tap run over a whole buffered SSE answer, as if it had streamed (nothing has been sent)."""
+    tap = SSETap(response.headers.get("content-encoding"), TurnObserver(), clock=pool.clock)
+    tap.first_byte_at = response.timestamp_start
+    tap(response.raw_content or b"")
+    tap(b"")
+    return tap
 
 
 def absorb_rate_limits(pool: Pool, account: str, observer: TurnObserver) -> None:

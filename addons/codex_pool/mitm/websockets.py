@@ -55,10 +55,18 @@ class WebSocketTurns:
             if turn.first_at is None:
                 turn.first_at = self.pool.now()
             seen_limits = len(observer.rate_limits)
+            newest = observer.latest_rate_limits
             observer.observe_json(message.content)
             if observer.error is not None and not turn.judged:
                 return self._judge_error_frame(flow, exchange, turn, message)
             self._after_frame(flow, exchange, turn, seen_limits)
+            config = self.pool.config
+            event = observer.latest_rate_limits
+            if event is not None and event is not newest and (config is None or config.client_quota == "pool"):
+                # recorded for the account above; the client is shown the pool's
+                now = self.pool.now()
+                message.content = json.dumps(self.pool.client_quota(now).event(now, event),
+                                             separators=(",", ":")).encode()
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
         return None
