@@ -42,10 +42,12 @@ class AccountRegistry:
 
     health: HealthBook = field(default_factory=HealthBook)
     superseded: set[str] = field(default_factory=set)  # refresh tokens we rotated away from
+    changes: int = 0  # bumped when accounts or their quota figures change (Pool.client_quota's cache)
 
     def apply_scan(self, scan: PoolScan, now: float) -> list[HealthEvent]:
         """Take a new view of the pool folder. A file whose tokens changed clears an auth problem."""
         previous = self.accounts
+        self.changes += 1
         self.accounts = dict(scan.accounts)
         for name, account in self.accounts.items():  # a scan that raced our own write-back
             current = previous.get(name)
@@ -138,6 +140,7 @@ class AccountRegistry:
     def record_rate_limits(self, name: str, limits: RateLimits) -> None:
         if name in self.accounts:
             self.rt(name).quota.record(limits)
+            self.changes += 1
 
     def describe(self, now: float, sticky_counts: dict[str, int]) -> list[dict]:
         """Admin view of every pool file: served accounts, duplicates and invalid files. No tokens."""

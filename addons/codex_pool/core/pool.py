@@ -70,6 +70,8 @@ class Pool:
         self.ledger: RecordSink = _Nowhere()
         self.metrics = PoolMetrics(self.live_snapshot, clock)
         self.exchanges: dict[str, Exchange] = {}  # by flow id, while the flow lives
+        self._client_quota: tuple[tuple[int, int, int], PoolQuota] | None = None
+        self._health_changes = 0  # bumped by note(): the pool quota clients see is computed again
 
     def now(self) -> float:
         return self.clock()
@@ -120,10 +122,18 @@ class Pool:
         return rt.rate_limits if rt else None
 
     def client_quota(self, now: float) -> PoolQuota:
-        """The pool's quota as clients are shown it (core/pool_quota.py has the formula)."""
+        """The pool's quota as clients are shown it (core/pool_quota.py has the formula). Computed
+        again when accounts, their figures or their health changed, else at most once a second (a
+        cooldown or a reset that passes with time shows within that second)."""
         registry = self.registry
-        return pool_quota((AccountQuota(registry.state(name, now), self.latest_limits(name), account.plan)
-                           for name, account in registry.accounts.items()), now)
+        key = (registry.changes, self._health_changes, int(now))
+        cached = self._client_quota
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        quota = pool_quota((AccountQuota(registry.state(name, now), self.latest_limits(name), account.plan)
+                            for name, account in registry.accounts.items()), now)
+        self._client_quota = (key, quota)
+        return quota
 
     def settle(self, exchange: Exchange, verdict: Verdict, now: float, *, answer_sent: bool,
                transport: str = "http", status: int | None = None, served: bool = True) -> Settlement:
@@ -212,6 +222,8 @@ class Pool:
 
     def note(self, events: list[HealthEvent]) -> None:
         """Account state changes go to the event sink (which also logs them)."""
+        if events:
+            self._health_changes += 1
         for e in events:
             self.events.emit(e.event, account=e.account, **e.fields)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -110,12 +109,11 @@ def pool_quota(accounts: Iterable[AccountQuota], now: float) -> PoolQuota:
     primary = _mean_window([(_used(a, "primary", now), a.limits.primary if a.limits else None) for a in counted])
     secondary = _mean_window([(_used(a, "secondary", now), a.limits.secondary if a.limits else None) for a in counted])
     credits = [a.limits.credits for a in counted if a.limits is not None and a.limits.credits is not None]
-    plans = Counter(p for a in counted if (p := a.plan or (a.limits.plan if a.limits else None)))
     return PoolQuota(
         primary=primary,
         secondary=secondary,
         credits=_sum_credits(credits) if credits else None,
-        plan=plans.most_common(1)[0][0] if plans else None,
+        plan=_most_common([a.plan or (a.limits.plan if a.limits else None) for a in counted]),
         limit_reached=bool(counted) and all(a.state == LIMITED for a in counted),
         accounts=len(counted),
     )
@@ -132,11 +130,20 @@ def _mean_window(rows: list[tuple[float | None, Window | None]]) -> Window | Non
     known = [(used, w) for used, w in rows if used is not None]
     if not known:
         return None
-    minutes = Counter(w.window_minutes for _, w in known if w is not None and w.window_minutes)
     resets = [w.reset_at for used, w in known if w is not None and w.reset_at is not None and used > 0]
     return Window(used_percent=round(sum(u for u, _ in known) / len(known), 1),
-                  window_minutes=minutes.most_common(1)[0][0] if minutes else None,
+                  window_minutes=_most_common([w.window_minutes for _, w in known if w is not None]),
                   reset_at=min(resets) if resets else None)
+
+
+def _most_common(values: list) -> Any:
+    """The value most of them have (the first seen on a tie), None for none. (collections.Counter
+    costs several times more for the handful of accounts a pool has, on every turn.)"""
+    counts: dict = {}
+    for v in values:
+        if v:
+            counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def _sum_credits(credits: list[Credits]) -> Credits:
