@@ -221,3 +221,16 @@ def test_no_client_key_or_query_reaches_upstream(world):
     assert r.status_code == 200
     [sent] = turns(backend)
     assert secret not in json.dumps(sent) and sent["path"] == "/backend-api/codex/responses"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd"])
+def test_a_compressed_body_is_translated(world, encoding):
+    import gzip
+
+    from codex_pool.core import zstd
+    _, proxy = world
+    raw = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "packed"}]}).encode()
+    packed = gzip.compress(raw) if encoding == "gzip" else zstd.compress(raw)
+    r = proxy.http.post("/v1/chat/completions", content=packed,
+                        headers={"content-type": "application/json", "content-encoding": encoding})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("Answer from fake account")
