@@ -234,3 +234,21 @@ def test_a_compressed_body_is_translated(world, encoding):
     r = proxy.http.post("/v1/chat/completions", content=packed,
                         headers={"content-type": "application/json", "content-encoding": encoding})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("Answer from fake account")
+
+
+def test_chat_chunks_reach_the_client_as_the_backend_streams(world):
+    """Translated on the fly: the first content chunk arrives long before the stream ends."""
+    backend, proxy = world
+    backend.control("POST", "config", {"stream_delay": 0.2, "deltas": 6})
+    try:
+        arrivals = []
+        t0 = time.monotonic()
+        body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "slowly"}]}
+        with proxy.http.stream("POST", "/v1/chat/completions", json=body) as r:
+            for chunk in r.iter_raw():
+                arrivals.append((time.monotonic() - t0, chunk))
+        first = next(t for t, c in arrivals if b'"content":"' in c and b'"content":""' not in c)
+        assert arrivals[-1][0] > 1.5 and first < arrivals[-1][0] - 1.0, arrivals
+        assert b"".join(c for _, c in arrivals).endswith(b"data: [DONE]\n\n")
+    finally:
+        backend.control("POST", "config", {"stream_delay": 0.0, "deltas": 3})
