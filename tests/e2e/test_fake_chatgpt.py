@@ -836,7 +836,9 @@ async def test_real_codex_cli_turn_resume_and_tool(fake, client, tmp_path):
 
 # --------------------------------------------------------------------------- backend rules (rules.py)
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "codex-0.169.0"
+# requests recorded from the real Codex CLI 0.169.0 (a copy of the workplace's shared fixtures, so a
+# clean clone has them)
+FIXTURES = REPO / "tests" / "fixtures" / "codex-0.169.0"
 
 
 def _recorded_model_requests() -> list[tuple[str, str, dict, dict]]:
@@ -859,7 +861,6 @@ def _recorded_model_requests() -> list[tuple[str, str, dict, dict]]:
     return out
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded Codex 0.169.0 fixtures not present")
 def test_rules_pass_every_recorded_codex_request():
     """Codex's own requests (HTTP turns, WebSocket prewarm `generate:false`, chained turns with
     previous_response_id) must pass every rule: by body alone, and with the headers they came with."""
@@ -874,7 +875,6 @@ def test_rules_pass_every_recorded_codex_request():
             assert v is None, f"{name} ({transport}) refused: {v}"
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="recorded Codex 0.169.0 fixtures not present")
 async def test_recorded_codex_http_bodies_are_served(fake, client):
     alice = fake.add_account("alice")
     bodies = [b for _, t, b, _ in _recorded_model_requests() if t == "http"]
