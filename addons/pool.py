@@ -11,6 +11,7 @@ so mitmproxy walks one addon instead of nine on every event (mitm/pipeline.py).
 import time
 
 from codex_pool.core.pool import Pool
+from codex_pool.mitm.client_auth import ClientAuth
 from codex_pool.mitm.commands import Commands
 from codex_pool.mitm.contentview import CodexStreamView
 from codex_pool.mitm.endpoints import LocalEndpoints
@@ -32,6 +33,7 @@ lifecycle = Lifecycle(pool, tokens)
 addons = [
     Pipeline([
         lifecycle,  # the pool_config option, mitm.yaml → pool, background services
+        ClientAuth(pool),  # requestheaders/request: client keys (when on): 401/429/403 locally, /v1/usage
         CodexStreamView(),  # the "Codex stream" content view in mitmweb
         CredentialGuard(),  # requestheaders: client credentials never go upstream; refuses unsafe settings
         LocalEndpoints(pool, lifecycle),  # request: /healthz, /metrics, /admin/*, accounts/check, /oauth/token

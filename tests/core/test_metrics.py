@@ -15,6 +15,9 @@ def samples(m: PoolMetrics) -> dict:
 
 
 def get(s, name, **labels):
+    """The sample with exactly these labels (`client` defaults to "none": records without a key)."""
+    if name in ("codex_pool_requests_total", "codex_pool_tokens_total"):
+        labels.setdefault("client", "none")
     return s.get((name, tuple(sorted(labels.items()))))
 
 
@@ -110,3 +113,16 @@ def test_live_gauges_come_from_the_snapshot_at_scrape_time():
     assert get(s, "codex_pool_sticky_conversations") == 3
     state["accounts"] = []
     assert get(samples(m), "codex_pool_account_usable", account="alice") is None  # gone with the account
+
+
+def test_client_keys_label_requests_and_tokens_and_refusals_are_counted():
+    m = PoolMetrics()
+    m.observe_record(record(input_tokens=10, model="gpt-5.1-codex", key="alice-laptop"))
+    m.refusal("unknown")
+    m.refusal("unknown")
+    s = samples(m)
+    assert get(s, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="2xx",
+               model="gpt-5.1-codex", client="alice-laptop") == 1
+    assert get(s, "codex_pool_tokens_total", account="alice", type="input", model="gpt-5.1-codex",
+               client="alice-laptop") == 10
+    assert get(s, "codex_pool_client_refusals_total", reason="unknown") == 2

@@ -218,9 +218,12 @@ def test_scripts_status_on_a_known_pool_state(scripted):
     assert down.returncode == 1 and "cannot reach the proxy" in down.stderr
 
 
-def _mitmweb(tmp_path, *settings):
+SHARED = "client_keys: keys.json\nadmin_token: a-long-enough-admin-token\n"  # what beyond loopback needs (#13)
+
+
+def _mitmweb(tmp_path, *settings, config="pool_dir: pool\n" + SHARED):
     (tmp_path / "pool").mkdir(exist_ok=True)
-    (tmp_path / "mitm.yaml").write_text("pool_dir: pool\n")
+    (tmp_path / "mitm.yaml").write_text(config)
     return [str(BIN / "mitmweb"), "-s", str(ROOT / "addons" / "pool.py"), "--mode", "reverse:http://127.0.0.1:9@127.0.0.1:0",
             "--set", "connection_strategy=lazy", "--set", f"confdir={tmp_path / 'conf'}",
             "--set", f"pool_config={tmp_path / 'mitm.yaml'}", "--set", "web_open_browser=false", *settings]
@@ -231,6 +234,16 @@ def test_mitmweb_beyond_loopback_is_refused_without_a_password(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "without a password" in done.stdout + done.stderr
     assert "web_password" in done.stdout + done.stderr
+
+
+def test_mitmweb_beyond_loopback_is_refused_without_client_keys_and_an_admin_token(tmp_path):
+    """mitmweb's UI beyond loopback exposes the pool's port's flows and the pool: keys and the admin
+    token are needed, as for the proxy (a password alone is not enough)."""
+    done = subprocess.run(_mitmweb(tmp_path, "--set", "web_host=0.0.0.0", "--set", f"web_port={free_port()}",
+                                   "--set", "web_password=whatever", config="pool_dir: pool\n"),
+                          capture_output=True, text=True, timeout=60)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "client_keys: keys.json" in out and "admin_token" in out
 
 
 def test_mitmweb_beyond_loopback_starts_with_a_password_and_asks_for_it(tmp_path):

@@ -26,6 +26,7 @@ class Pipeline:
         ns = runpy.run_path(str(ENTRY))
         self.pool, self.lifecycle, self.addons = ns["pool"], ns["lifecycle"], ns["addons"]
         self.tctx = tctx
+        tctx.master.options.update(listen_host="127.0.0.1")  # codex-pool refuses to start on all interfaces
         tctx.master.addons.add(*self.addons)
 
     def configure(self, **options):

@@ -49,6 +49,7 @@ class Config:
     stream_idle_timeout_seconds: float = 240.0  # a started stream silent this long: ended like a cut stream
     prices: dict = dataclasses.field(default_factory=dict)  # model -> {input, cached_input, output} $/1M tokens
     client_quota: str = "pool"  # what answers' x-codex-* headers and codex.rate_limits events show clients
+    client_keys: Path | None = None  # the keys file (scripts/keys); None: no client keys, loopback only
     source: Path | None = None  # the file this came from, None for built-in defaults
 
     @property
@@ -149,6 +150,7 @@ _VALIDATORS = {
     "stream_idle_timeout_seconds": lambda k, v: _number(k, v, minimum=0, maximum=3600),
     "prices": lambda k, v: _prices(k, v),
     "client_quota": lambda k, v: _choice(k, v, CLIENT_QUOTAS),
+    "client_keys": lambda k, v: None if v is None else _string(k, v),
 }
 
 
@@ -202,6 +204,8 @@ def parse_config(raw: Any, base_dir: Path, source: Path | None = None) -> Config
         raise ConfigError("cooldown_max_seconds: must not be below cooldown_base_seconds")
     values["pool_dir"] = (base_dir / values.get("pool_dir", _DEFAULT_POOL_DIR)).resolve()
     values["data_dir"] = (base_dir / values.get("data_dir", _DEFAULT_DATA_DIR)).resolve()
+    if values.get("client_keys") is not None:
+        values["client_keys"] = (base_dir / values["client_keys"]).resolve()
     return Config(**values, source=source)
 
 

@@ -79,6 +79,7 @@ def build_record(
     duration_ms: float | None,
     attempt: int,
     conversation: str | None,
+    key: str | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "ts": round(ts, 3),
@@ -98,4 +99,6 @@ def build_record(
         "conversation": conversation,
         "path": bare(path)[:200],
     })
+    if key is not None:
+        record["key"] = key  # the client key's name (never the key)
     return record

@@ -96,11 +96,13 @@ class PoolMetrics:
         "sticky": n} for the scrape-time gauges; `clock()` gives that `now`."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = _Tally("codex_pool_requests",
-                               "Requests that reached upstream, by account, kind, status class and model.",
-                               ("account", "kind", "status_class", "model"))
+                               "Requests that reached upstream, by account, kind, status class, model and client key.",
+                               ("account", "kind", "status_class", "model", "client"))
         self.tokens = _Tally("codex_pool_tokens",
-                             "Tokens reported by upstream in response.completed, by account, type and model.",
-                             ("account", "type", "model"))
+                             "Tokens reported by upstream in response.completed, by account, type, model and client key.",
+                             ("account", "type", "model", "client"))
+        self.refusals = _Tally("codex_pool_client_refusals",
+                               "Requests refused before upstream for their client key, by reason.", ("reason",))
         self._models: set[str] = set()  # model label values so far (bounded: clients name models)
         self.ttfb = _Histogram("codex_pool_upstream_ttfb_seconds", "Time from sending a request upstream to its first byte.",
                                "kind", TTFB_BUCKETS)
@@ -110,7 +112,7 @@ class PoolMetrics:
                                 ("reason",))
         self.refreshes = _Tally("codex_pool_token_refreshes", "Token refreshes by account and result.", ("account", "result"))
         self.registry.register(_CountedCollector((self.requests, self.tokens, self.ttfb, self.duration,
-                                                  self.failovers, self.refreshes)))
+                                                  self.failovers, self.refreshes, self.refusals)))
         if snapshot is not None:
             if clock is None:
                 raise ValueError("PoolMetrics: a snapshot needs a clock")
@@ -120,11 +122,12 @@ class PoolMetrics:
         """One ledger record (a request, or one WebSocket turn)."""
         account, kind = record.get("account") or "?", record.get("kind") or "other"
         model = self._model_label(record.get("model"), record.get("status"))
-        self.requests.inc((account, kind, status_class(record.get("status")), model))
+        client = record.get("key") or "none"  # a key's name: as many values as the keys file has
+        self.requests.inc((account, kind, status_class(record.get("status")), model, client))
         for field, name in TOKEN_TYPES:
             value = record.get(field)
             if value and value > 0:
-                self.tokens.inc((account, name, model), value)
+                self.tokens.inc((account, name, model, client), value)
         ttfb_ms = record.get("ttfb_ms")
         if isinstance(ttfb_ms, (int, float)) and ttfb_ms >= 0:
             self.ttfb.observe(kind, ttfb_ms / 1000)
@@ -144,6 +147,9 @@ class PoolMetrics:
             return "other"
         self._models.add(model)
         return model
+
+    def refusal(self, reason: str) -> None:
+        self.refusals.inc((reason,))
 
     def failover(self, reason: str) -> None:
         self.failovers.inc((reason,))

@@ -19,6 +19,7 @@ from codex_pool.core.accounts import AccountRegistry
 from codex_pool.core.config import Config
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.health import HealthEvent, HealthPolicy
+from codex_pool.core.key_book import KeyBook
 from codex_pool.core.metrics import PoolMetrics
 from codex_pool.core.outcome import Verdict
 from codex_pool.core.pool_quota import AccountQuota, PoolQuota, pool_quota
@@ -70,6 +71,7 @@ class Pool:
         self.ledger: RecordSink = _Nowhere()
         self.metrics = PoolMetrics(self.live_snapshot, clock)
         self.exchanges: dict[str, Exchange] = {}  # by flow id, while the flow lives
+        self.keys = KeyBook()  # client keys in force and their usage (off until a keys file is loaded)
         self._client_quota: tuple[tuple[int, int, int], PoolQuota] | None = None
         self._health_changes = 0  # bumped by note(): the pool quota clients see is computed again
 
@@ -80,6 +82,7 @@ class Pool:
 
     def apply_config(self, config: Config) -> None:
         self.config = config
+        self.keys.prices = config.prices
         self.router.reconfigure(config.policy, config.sticky_ttl_seconds, config.repin_after_seconds)
         self.registry.health.policy = HealthPolicy(
             config.cooldown_base_seconds, config.cooldown_max_seconds, config.usage_limit_default_minutes * 60
@@ -193,6 +196,7 @@ class Pool:
         """One finished exchange (or WebSocket turn): into the ledger and the metrics, same record."""
         self.ledger.record(record)
         self.metrics.observe_record(record)
+        self.keys.record(record)
 
     # ---- steering and state ----------------------------------------------------------------
 

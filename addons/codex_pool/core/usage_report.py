@@ -17,7 +17,7 @@ from typing import Any
 
 from codex_pool.core.ledger import TOKEN_FIELDS  # the usage records' token counts
 
-GROUP_KEYS = ("account", "day", "model")
+GROUP_KEYS = ("account", "day", "model", "key")  # key: the client key's name ("(unknown)" without keys)
 TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})
 NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled", "unparsed"})  # unparsed: served, end unreadable
 # side_4xx: a client's side request (Codex's plugins, settings, analytics, ...) answered 4xx by the
@@ -28,7 +28,7 @@ UNKNOWN = "(unknown)"
 
 # Table column titles (CSV and JSON use the field names).
 TABLE_TITLES = {
-    "account": "account", "day": "day", "model": "model",
+    "account": "account", "day": "day", "model": "model", "key": "key",
     "requests": "requests", "turns": "turns",
     "input_tokens": "input", "cached_input_tokens": "cached", "output_tokens": "output",
     "reasoning_tokens": "reasoning", "total_tokens": "total",

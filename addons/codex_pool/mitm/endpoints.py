@@ -9,7 +9,8 @@
 | GET | /metrics | Prometheus text format (admin access) |
 | GET | /admin/accounts | every pool file with its state; never a token |
 | POST | /admin/reload | re-read the pool folder now |
-| GET | /admin/usage?since=…&until=…&group=account,day,model | the usage ledger, as scripts/usage-report --json |
+| GET | /admin/usage?since=…&until=…&group=account,day,model,key | the usage ledger, as scripts/usage-report --json |
+| GET | /admin/keys | client keys: name, state, limits, usage per window; never a key or a hash |
 | POST | /admin/accounts/<name>/pin, unpin, disable, enable | steer one account |
 
 Admin endpoints (and /metrics) answer loopback clients only, unless `admin_token` is set in
@@ -132,6 +133,11 @@ class LocalEndpoints:
         rows = pool.registry.describe(now, pool.router.sticky.counts(now))
         answer(flow, 200, json_body({"policy": pool.router.policy, "pinned": pool.router.pinned, "accounts": rows}))
 
+    def _keys(self, flow: http.HTTPFlow) -> None:
+        keys = self.pool.keys
+        answer(flow, 200, json_body({"on": keys.on, "file_error": keys.file_error,
+                                     "keys": keys.describe(self.pool.now())}))
+
     async def _reload(self, flow: http.HTTPFlow) -> None:
         scan = await self.lifecycle.rescan()
         registry = self.pool.registry
@@ -170,6 +176,7 @@ ROUTES: dict[str, Endpoint] = {
     "/admin/accounts": Endpoint(("GET",), LocalEndpoints._accounts, admin=True),
     "/admin/reload": Endpoint(("POST",), LocalEndpoints._reload, admin=True),
     "/admin/usage": Endpoint(("GET",), LocalEndpoints._usage, admin=True),
+    "/admin/keys": Endpoint(("GET",), LocalEndpoints._keys, admin=True),
 }
 STEER = Endpoint(("POST",), LocalEndpoints._steer, admin=True)
 

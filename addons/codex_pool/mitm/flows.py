@@ -11,6 +11,7 @@ from codex_pool.core.redact import CANNOT_BE_CREDENTIAL, is_client_credential, r
 
 META = "codex_pool"  # flow.metadata key: a JSON-friendly copy of the flow's Exchange, for saved flows
 CLIENT = "codex_pool.client"  # flow.metadata key: what an OpenAI-style client asked for (mitm/openai_compat.py)
+KEY = "codex_pool.key"  # flow.metadata key: the name of the client key the request came with (mitm/client_auth.py)
 
 
 def answer(flow: http.HTTPFlow, status: int, body: bytes, content_type: str = "application/json",

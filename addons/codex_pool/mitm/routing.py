@@ -17,7 +17,7 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
 from codex_pool.core.router import AwaitRefresh, NoRoute
-from codex_pool.mitm.flows import answer_error, describe_error, drop_client_credentials, lower_headers
+from codex_pool.mitm.flows import KEY, answer_error, describe_error, drop_client_credentials, lower_headers
 from codex_pool.upstream.tokens import TokenService
 
 log = logging.getLogger("codex_pool")
@@ -87,7 +87,8 @@ class Routing:
         if body is not None and not body.complete:  # forwarded untouched all the same (core/body_decode.py)
             log.warning("codex-pool: %s %s: the request body %s; forwarded without a conversation key",
                         request.method, path, body.detail)
-        hashed = conversation.hash_key(pool.secret, key) if key else None
+        client = flow.metadata.get(KEY)  # conversations are scoped by client key: two people's equal ids never share a pin
+        hashed = conversation.hash_key(pool.secret, f"{client}\x00{key}" if client else key) if key else None
         upgrade = headers.get("upgrade", "").lower() == "websocket"
         return _Wanted(path, headers, marker, hashed, upgrade)
 

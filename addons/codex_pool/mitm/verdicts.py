@@ -16,7 +16,7 @@ from codex_pool.core.pool import Pool, Settlement
 from codex_pool.core.pool_quota import PoolQuota, RateLimitEventRewriter
 from codex_pool.core.sse import SSETap
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import CLIENT, META, answer_error, answer_headers, describe_error, redact_pool_token
+from codex_pool.mitm.flows import CLIENT, KEY, META, answer_error, answer_headers, describe_error, redact_pool_token
 from codex_pool.mitm.routing import answer_no_route
 from codex_pool.upstream.tokens import TokenService
 
@@ -217,7 +217,7 @@ class Verdicts:
             outcome=ledger.record_outcome(exchange.ledger_outcome(), exchange.turn),
             usage=(exchange.turn or {}).get("usage"), model=model,
             ttfb_ms=exchange.ttfb_ms, duration_ms=(end - start) * 1000 if start else None,
-            attempt=exchange.attempt, conversation=exchange.conversation,
+            attempt=exchange.attempt, conversation=exchange.conversation, key=flow.metadata.get(KEY),
         ))
 
 

@@ -10,14 +10,14 @@ import json
 import logging
 from collections.abc import Awaitable
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from codex_pool.core import failover, ledger
 from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
 from codex_pool.core.outcome import classify_ws_error, stream_verdict
 from codex_pool.core.pool import Pool
 from codex_pool.core.turn import TurnObserver
-from codex_pool.mitm.flows import META, describe_error
+from codex_pool.mitm.flows import KEY, META, describe_error
 from codex_pool.mitm.verdicts import absorb_rate_limits
 from codex_pool.upstream.tokens import TokenService
 
@@ -46,7 +46,10 @@ class WebSocketTurns:
                 del messages[:-WS_KEEP_MESSAGES]
             if message.from_client:
                 if message.is_text and b'"response.create"' in message.content:
-                    exchange.ws_turn = WsTurn(TurnObserver(), self.pool.now(), ledger.model_from_body(message.content))
+                    model = ledger.model_from_body(message.content)
+                    if self._over_key_limit(flow, message, model):
+                        return
+                    exchange.ws_turn = WsTurn(TurnObserver(), self.pool.now(), model)
                 return
             turn = exchange.ws_turn
             if turn is None or not message.is_text:
@@ -70,6 +73,28 @@ class WebSocketTurns:
         except Exception as e:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
         return None
+
+    def _over_key_limit(self, flow: http.HTTPFlow, message, model: str | None) -> bool:
+        """A turn on a socket counts against the client key like a request: over a limit, the frame
+        is not forwarded and the client gets the error frame Codex prints as a usage limit."""
+        keys, name = self.pool.keys, flow.metadata.get(KEY)
+        key = keys.get(name) if name and keys.on else None
+        if key is None:
+            return False
+        now = self.pool.now()
+        refusal = keys.refusal(key, model, now)
+        if refusal is None:
+            keys.admit(key.name, now)
+            return False
+        message.drop()
+        self.pool.metrics.refusal(f"limit_{refusal.limit}")
+        status, kind = (403, "model_not_allowed") if refusal.limit == "model" else (429, "usage_limit_reached")
+        error = {"type": kind, "code": kind, "message": refusal.message}
+        if refusal.resets_at is not None:
+            error["resets_at"] = int(refusal.resets_at)
+        frame = {"type": "error", "status": status, "error": error}
+        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(frame).encode(), True)
+        return True
 
     def _after_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, seen_limits: int) -> None:
         observer = turn.observer
@@ -151,4 +176,5 @@ class WebSocketTurns:
             usage=usage, model=observer.model or turn.model,
             ttfb_ms=round((turn.first_at - turn.started) * 1000, 1) if turn.first_at else None,
             duration_ms=(now - turn.started) * 1000, attempt=exchange.attempt, conversation=exchange.conversation,
+            key=flow.metadata.get(KEY),
         ))
