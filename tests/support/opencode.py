@@ -69,12 +69,14 @@ class OpenCodeHome:
 
     def __init__(self, root: Path, proxy_url: str, kind: str = "openai", *, api_key: str = "unused",
                  model: str = MODEL, provider_id: str = "codex-pool", binary: str | None = None,
-                 permission: dict | None = None, extra_config: dict | None = None):
+                 permission: dict | None = None, extra_config: dict | None = None,
+                 extra_env: dict[str, str] | None = None):
         if kind not in PATHS:
             raise ValueError(f"kind must be one of {sorted(PATHS)}, not {kind!r}")
         self.root, self.kind, self.model, self.provider_id = Path(root), kind, model, provider_id
         self.base_url = proxy_url.rstrip("/") + PATHS[kind]
         self.binary = binary
+        self.extra_env = dict(extra_env or {})  # e.g. NODE_EXTRA_CA_CERTS for a proxy's https side
         self.home = self.root / "home"
         self.config_dir = self.root / "config" / "opencode"
         self.data_dir, self.cache_dir, self.state_dir = self.root / "data", self.root / "cache", self.root / "state"
@@ -114,6 +116,7 @@ class OpenCodeHome:
         env.update({"HOME": str(self.home), "XDG_CONFIG_HOME": str(self.config_dir.parent),
                     "XDG_DATA_HOME": str(self.data_dir), "XDG_CACHE_HOME": str(self.cache_dir),
                     "XDG_STATE_HOME": str(self.state_dir), "PWD": str(self.work), "NO_COLOR": "1"})
+        env.update(self.extra_env)
         return env
 
     def run(self, prompt: str, continue_: bool = False, timeout: float = 120, *, json_events: bool = False,

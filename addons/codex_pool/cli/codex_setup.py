@@ -1,15 +1,17 @@
 """`scripts/codex-setup`: point a Codex CLI home at the proxy.
 
-    scripts/codex-setup --mode custom|native [--home DIR] [--proxy URL] [--config mitm.yaml] [--yes]
+    scripts/codex-setup --mode custom|native [--home DIR] [--proxy URL] [--config mitm.yaml] [--key KEY] [--yes]
 
 - custom: a custom provider over plain http (simplest; SSE turns).
 - native: the built-in provider over https (WebSocket turns, zstd bodies, remote compaction);
   Codex must trust the proxy's CA: `export CODEX_CA_CERTIFICATE=<data_dir>/mitmproxy/mitmproxy-ca-cert.pem`.
 
 A new home gets a config.toml and a placeholder auth.json whose tokens never expire (so Codex never
-refreshes against the real auth server; the proxy replaces them on every request). An existing
-config.toml is patched: the diff is shown, and applied (with a backup) only with --yes. An
-existing auth.json is left alone.
+refreshes against the real auth server; the proxy replaces them on every request). With --key (a
+shared pool with client keys), the key is that placeholder's access token, so Codex sends it on
+every request, WebSocket included. An existing config.toml is patched: the diff is shown, and
+applied (with a backup) only with --yes. An existing auth.json is left alone, unless it is a
+placeholder and --key is given (its key is then replaced).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from codex_pool.storage.codex_home import write_placeholder_auth
+from codex_pool.core.client_keys import looks_like_key
+from codex_pool.storage.codex_home import is_placeholder, write_placeholder_auth
 from codex_pool.cli.project import project_root
 from codex_pool.core.config import ConfigError, default_config
 from codex_pool.storage.config_file import load_config
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", type=Path, default=None, help="the CODEX_HOME to write (default $CODEX_HOME or ~/.codex)")
     p.add_argument("--proxy", default=None, help="the proxy's origin (default from mitm.yaml: http(s)://<listen>)")
     p.add_argument("--config", type=Path, default=None, help="the proxy's settings (default: the project's mitm.yaml)")
+    p.add_argument("--key", default=None, help="your client key for a shared pool (scripts/keys create NAME prints it)")
     p.add_argument("--yes", action="store_true", help="apply changes to an existing config.toml (a backup is kept)")
     args = p.parse_args(argv)
     cfg_path = args.config or project_root() / "mitm.yaml"
@@ -127,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{config_toml} already points at {proxy}")
     auth = home / "auth.json"
-    if auth.exists():
-        print(f"kept {auth} (the proxy replaces its credentials on every request)")
+    if args.key is not None and not looks_like_key(args.key):
+        print("scripts/codex-setup: --key: that is not a codex-pool key (they start with cp-; scripts/keys create NAME "
+              "prints one)", file=sys.stderr)
+        return 2
+    if auth.exists() and not (args.key and is_placeholder(auth)):
+        kept = " (not a placeholder: move it away to use --key)" if args.key else ""
+        print(f"kept {auth} (the proxy replaces its credentials on every request){kept}")
     else:
-        write_placeholder_auth(auth, time.time(), replace=False)
-        print(f"wrote {auth} (placeholder login; tokens never expire)")
+        write_placeholder_auth(auth, time.time(), replace=auth.exists(), key=args.key)
+        print(f"wrote {auth} (placeholder login; tokens never expire{'; carries your client key' if args.key else ''})")
     print("\nthen:")
     print(f"  export CODEX_HOME={home}")
     print(f"  export CODEX_REFRESH_TOKEN_URL_OVERRIDE={proxy.rstrip('/')}/oauth/token   # a refresh never leaves the proxy")

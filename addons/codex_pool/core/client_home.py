@@ -17,7 +17,9 @@ _FAR_FUTURE = 4102444800  # 2100-01-01
 _KEY = "codex-pool-placeholder-not-a-secret-0000"
 
 
-def placeholder_client_auth(now: float) -> dict[str, Any]:
+def placeholder_client_auth(now: float, key: str | None = None) -> dict[str, Any]:
+    """The placeholder login of a client's CODEX_HOME; with a client `key` (a shared pool), the key is
+    its access token, so Codex sends it as `Authorization: Bearer <key>` on every request."""
     now = int(now)
     auth = {"chatgpt_account_id": PLACEHOLDER_ACCOUNT_ID, "chatgpt_plan_type": "pro", "chatgpt_user_id": "codex-pool-client"}
     claims = {"iat": now, "exp": _FAR_FUTURE, "email": "client@codex-pool.invalid",
@@ -27,7 +29,7 @@ def placeholder_client_auth(now: float) -> dict[str, Any]:
         "OPENAI_API_KEY": None,
         "tokens": {
             "id_token": jwt.encode(claims, _KEY, algorithm="HS256"),
-            "access_token": jwt.encode({**claims, "scp": ["placeholder"]}, _KEY, algorithm="HS256"),
+            "access_token": key or jwt.encode({**claims, "scp": ["placeholder"]}, _KEY, algorithm="HS256"),
             "refresh_token": "codex-pool-placeholder-refresh-token",
             "account_id": PLACEHOLDER_ACCOUNT_ID,
         },

@@ -1,0 +1,55 @@
+"""The real Codex CLI 0.169.0 on a shared pool with client keys, in both wirings: the key is the
+access token of the placeholder auth.json (`scripts/codex-setup --key`), so Codex sends it on every
+request, the WebSocket upgrade included; it never goes upstream; and a Codex without a valid key is
+refused without anything being forwarded."""
+
+import json
+import time
+
+import pytest
+
+from codex_pool.cli import codex_setup
+from codex_pool.core.client_keys import ClientKey, KeyFile, key_digest
+from codex_pool.storage.keys_file import new_key, new_salt, save_keys
+from tests.support.wait import wait_for
+
+pytestmark = [pytest.mark.client, pytest.mark.e2e]
+
+
+def with_keys(world, names=("ana",)):
+    salt = new_salt()
+    keys = {name: new_key() for name in names}
+    save_keys(world.proxy.config_path.parent / "keys.json",
+              KeyFile(salt, [ClientKey(name=n, digest=key_digest(salt, k), created=time.time()) for n, k in keys.items()]))
+    wait_for(lambda: world.proxy.http.get("/admin/keys").json()["on"], 10, "the keys file to be read")
+    return keys
+
+
+@pytest.mark.parametrize("mode", ["custom", "native"])
+def test_codex_with_a_key_in_both_wirings(codex_world, mode):
+    w = codex_world(mode, "client_keys: keys.json\nledger_flush_seconds: 0.2\n")
+    keys = with_keys(w)
+    origin = f"{'https' if mode == 'native' else 'http'}://127.0.0.1:{w.proxy.port}"
+    assert codex_setup.main(["--mode", mode, "--home", str(w.home), "--proxy", origin, "--key", keys["ana"],
+                             "--config", str(w.proxy.config_path), "--yes"]) == 0
+    done = w.codex("say hi")
+    assert "Answer from fake account" in done.stdout
+    seen = w.backend.requests()
+    assert w.turns() and keys["ana"] not in json.dumps(seen)
+    if mode == "native":
+        assert any(r["kind"] == "ws-upgrade" for r in seen)  # the WebSocket came with the key too
+    rows = wait_for(lambda: [r for r in w.proxy.http.get("/admin/usage", params={"group": "key"}).json()["rows"]
+                             if r["key"] == "ana" and r["turns"]], 10, "ana's turn in the ledger")
+    assert rows and w.client_refreshes() == 0
+
+
+def test_codex_without_a_valid_key_is_refused_and_nothing_is_forwarded(codex_world):
+    w = codex_world("custom", "client_keys: keys.json\n")
+    with_keys(w)  # the home keeps its keyless placeholder
+    done = w.codex("say hi", ok=False)
+    assert done.returncode != 0
+    assert w.turns() == []
+    # a 403 (a 401 would make Codex refresh its own token over the key and ask for a new login):
+    # Codex retries it, then prints the proxy's message
+    assert "403 Forbidden: the client key is not known" in done.stderr, done.stderr[-2000:]
+    assert "could not be refreshed" not in done.stderr and w.client_refreshes() == 0
