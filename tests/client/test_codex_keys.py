@@ -53,3 +53,24 @@ def test_codex_without_a_valid_key_is_refused_and_nothing_is_forwarded(codex_wor
     # Codex retries it, then prints the proxy's message
     assert "403 Forbidden: the client key is not known" in done.stderr, done.stderr[-2000:]
     assert "could not be refreshed" not in done.stderr and w.client_refreshes() == 0
+
+
+def test_codex_over_a_key_limit_prints_the_usage_limit_with_its_reset(codex_world):
+    w = codex_world("custom", "client_keys: keys.json\nledger_flush_seconds: 0.2\n")
+    salt = new_salt()
+    key = new_key()
+    save_keys(w.proxy.config_path.parent / "keys.json",
+              KeyFile(salt, [ClientKey(name="ana", digest=key_digest(salt, key), created=time.time(),
+                                       limits={"tokens_per_day": 1})]))
+    wait_for(lambda: w.proxy.http.get("/admin/keys").json()["on"], 10, "the keys file to be read")
+    origin = f"http://127.0.0.1:{w.proxy.port}"
+    assert codex_setup.main(["--mode", "custom", "--home", str(w.home), "--proxy", origin, "--key", key,
+                             "--config", str(w.proxy.config_path), "--yes"]) == 0
+    w.codex("say hi")  # the first turn goes through; its tokens put ana over her daily limit
+    started = time.monotonic()
+    done = w.codex("and again", ok=False)
+    took = time.monotonic() - started
+    print("Codex 0.169.0 says:", done.stderr[-800:])
+    assert done.returncode != 0 and "usage limit" in done.stderr.lower()
+    assert took < 30  # printed at once, not retried for the day
+    assert len(w.turns()) == 1
