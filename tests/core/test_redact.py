@@ -40,3 +40,9 @@ def test_the_first_byte_shortcut_never_skips_a_credential_name():
             assert is_client_credential(raw)
             assert raw[:1] not in CANNOT_BE_CREDENTIAL, variant
     assert b"u" in CANNOT_BE_CREDENTIAL and b"H" in CANNOT_BE_CREDENTIAL  # user-agent, Host: skipped cheaply
+
+
+def test_client_keys_are_redacted():
+    from codex_pool.core.redact import redact
+    key = "cp-" + "A1b2_-" * 8
+    assert key not in redact(f"refused {key} here") and "[redacted-client-key]" in redact(f"x {key}")

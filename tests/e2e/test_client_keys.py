@@ -182,10 +182,10 @@ def test_listening_beyond_loopback_without_keys_and_admin_token_is_refused(tmp_p
 
 
 def test_websocket_turns_count_against_the_key(team):
-    """The upgrade and each response.create count; over the limit the frame is not forwarded and the
-    client gets the error frame Codex prints as a usage limit."""
+    """Each response.create counts (the upgrade does not); over the limit the frame is not forwarded
+    and the client gets the error frame Codex prints as a usage limit."""
     from tests.support.flows import ws_turns
-    t = team({"ana": {"limits": {"requests_per_minute": 3}}})
+    t = team({"ana": {"limits": {"requests_per_minute": 2}}})
     turns = ws_turns(t.proxy, "ws-key", 3, headers={"authorization": f"Bearer {t.keys['ana']}"})
     assert [frames[-1]["type"] for frames in turns] == ["response.completed", "response.completed", "error"]
     error = turns[-1][-1]
@@ -239,3 +239,62 @@ def test_the_readme_teammate_setups_work_with_a_key_over_https(team, tmp_path):
     out = oc.run("say hi", title="with a key")
     assert out.returncode == 0 and "Answer from fake account" in out.stdout, out.stderr[-2000:]
     assert t.keys["ana"] not in json.dumps(t.backend.requests())
+
+
+def test_no_spelling_of_a_turn_or_a_model_slips_past_the_key(team):
+    """Limits and allowed models are checked on what upstream will read: an escaped frame type, a
+    duplicate or nested `model`, a model past the first 64 KB; a key revoked while its socket is open."""
+    from websockets.sync.client import connect
+
+    from tests.support.flows import CODEX_HEADERS, RESPONSES, turn_body
+    t = team({"mini": {"models": ["gpt-5.1-codex-mini"]}, "ana": {}})
+    h = {"authorization": f"Bearer {t.keys['mini']}", "content-type": "application/json"}
+    tricks = [b'{"model":"gpt-5.1-codex-mini","model":"gpt-5.1-codex","messages":[{"role":"user","content":"x"}]}',
+              b'{"metadata":{"model":"gpt-5.1-codex-mini"},"model":"gpt-5.1-codex","messages":[{"role":"user","content":"x"}]}',
+              b'{"messages":[{"role":"user","content":"' + b"x" * 70_000 + b'"}],"model":"gpt-5.1-codex"}',
+              b'{"messages":[{"role":"user","content":"x"}]}']
+    for body in tricks:
+        r = t.proxy.http.post(CHAT, content=body, headers=h)
+        assert r.status_code == 403 and r.json()["error"]["param"] == "model", body[:80]
+    assert t.turns() == []
+    url = f"ws://127.0.0.1:{t.proxy.port}{RESPONSES}"
+    with connect(url, additional_headers={"authorization": f"Bearer {t.keys['ana']}", **CODEX_HEADERS}) as ws:
+        frame = json.dumps({"type": "response.create", **turn_body("esc", "hi")}).replace(
+            '"response.create"', '"response\\u002ecreate"')
+        update_keys(t.keys_path, lambda kf: KeyFile(kf.salt, [ClientKey(**{**k.__dict__, "revoked": time.time()})
+                                                               if k.name == "ana" else k for k in kf.keys]))
+        wait_for(lambda: any(k["state"] == "revoked" for k in t.proxy.http.get("/admin/keys").json()["keys"]), 10,
+                 "the revocation")
+        ws.send(frame)  # an escaped spelling of a turn, on a socket whose key was revoked since
+        answer = json.loads(ws.recv(timeout=10))
+    assert answer["type"] == "error" and answer["status"] == 403 and answer["error"]["code"] == "invalid_api_key"
+    assert not [r for r in t.backend.requests() if r.get("kind") == "ws-msg"]
+
+
+def test_no_key_stays_on_a_saved_flow(tmp_path):
+    """Answered locally (a refusal, the quota view, a limit) or forwarded: the flows file has no key."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    salt = new_salt()
+    key = new_key()
+    save_keys(tmp_path / "proxy" / "keys.json", KeyFile(salt, [ClientKey(name="ana", digest=key_digest(salt, key),
+                                                                        created=time.time(),
+                                                                        limits={"requests_per_minute": 1})]))
+    backend = FakeBackend(["alice"], pool)
+    flows = tmp_path / "flows.mitm"
+    proxy = Proxy(backend.url, tmp_path / "proxy", f"pool_dir: {pool}\ndata_dir: data\nclient_keys: keys.json\n"
+                                                   "usage_poll_seconds: 0\n", extra=["-w", str(flows)])
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        assert proxy.http.post(CHAT, json=body, headers={"x-api-key": key}).status_code == 200
+        assert proxy.http.post(CHAT, json=body, headers={"api-key": key}).status_code == 429  # over its minute
+        assert proxy.http.get("/backend-api/wham/usage", headers={"authorization": f"Bearer {key}x"}).status_code == 403
+        assert proxy.http.get("/v1/usage", headers={"authorization": f"Bearer {key}"}).status_code == 200
+        assert proxy.http.get("/v1/models", headers={"authorization": "Bearer " + key}).status_code in (200, 429)
+        # a client's own refresh: nothing to hand out with keys on (an answer would carry the key)
+        refused = proxy.http.post("/oauth/token", json={"grant_type": "refresh_token", "refresh_token": key})
+        assert refused.status_code == 401 and "codex-setup --key" in refused.json()["error"]["message"]
+    finally:
+        proxy.stop()
+        backend.stop()
+    assert flows.stat().st_size > 0 and key.encode() not in flows.read_bytes()

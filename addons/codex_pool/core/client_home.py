@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 
 PLACEHOLDER_ACCOUNT_ID = "codex-pool-client"
+NEVER_DUE = "2100-01-01T00:00:00Z"  # the last_refresh of a placeholder carrying a client key
 _FAR_FUTURE = 4102444800  # 2100-01-01
 _KEY = "codex-pool-placeholder-not-a-secret-0000"
 
@@ -33,5 +34,7 @@ def placeholder_client_auth(now: float, key: str | None = None) -> dict[str, Any
             "refresh_token": "codex-pool-placeholder-refresh-token",
             "account_id": PLACEHOLDER_ACCOUNT_ID,
         },
-        "last_refresh": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # a key is no JWT, so Codex would refresh it 8 days after `last_refresh` (its rule for tokens
+        # without `exp`), and a refresh answer would have to carry the key: never due instead
+        "last_refresh": NEVER_DUE if key else datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

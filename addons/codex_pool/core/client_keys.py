@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import hmac
+import json
 import math
 import re
 from collections import deque
@@ -110,11 +111,31 @@ def identify(keys: Sequence[ClientKey], presented: str | None, secret: bytes, no
             found = key
     if found is None:
         return KeyCheck(None, UNKNOWN)
-    if found.revoked is not None:
-        return KeyCheck(found, REVOKED)
-    if found.expires is not None and found.expires <= now:
-        return KeyCheck(found, EXPIRED)
-    return KeyCheck(found, None)
+    return KeyCheck(found, key_state_refusal(found, now))
+
+
+def key_state_refusal(key: ClientKey, now: float) -> str | None:
+    """REVOKED or EXPIRED when the key may no longer be used, else None: the one rule for both."""
+    if key.revoked is not None:
+        return REVOKED
+    if key.expires is not None and key.expires <= now:
+        return EXPIRED
+    return None
+
+
+def model_of(body: bytes | None) -> tuple[bool, str | None]:
+    """(readable, model) of a JSON request body: the top-level `model` as the backend will read it
+    (json.loads, last duplicate wins), for the allowed-models check; (False, None) when the body
+    is not a JSON object."""
+    import json
+    try:
+        doc = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return False, None
+    if not isinstance(doc, dict):
+        return False, None
+    model = doc.get("model")
+    return True, model if isinstance(model, str) else None
 
 
 def bearer(value: str | None) -> str | None:

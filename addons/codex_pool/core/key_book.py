@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from codex_pool.core.client_keys import (
+    UNKNOWN,
     ClientKey,
     KeyCheck,
     KeyFile,
@@ -20,6 +21,7 @@ from codex_pool.core.client_keys import (
     Refusal,
     check_limits,
     identify,
+    key_state_refusal,
 )
 from codex_pool.core.usage_report import record_cost
 
@@ -39,6 +41,8 @@ class KeyBook:
     def load(self, keyfile: KeyFile | None) -> None:
         """New keys (None turns keys off). Usage is kept by name: an edited key keeps its count."""
         self.file = keyfile
+        if keyfile is not None:
+            self.file_error = None
 
     def names(self) -> list[str]:
         return [k.name for k in self.file.keys] if self.file is not None else []
@@ -47,6 +51,13 @@ class KeyBook:
         if self.file is None:
             return None
         return next((k for k in self.file.keys if k.name == name), None)
+
+    def check(self, name: str | None, now: float) -> KeyCheck:
+        """The key named on a flow, as it stands now (a revocation or expiry since its headers counts)."""
+        key = self.get(name) if name else None
+        if key is None:
+            return KeyCheck(None, UNKNOWN)
+        return KeyCheck(key, key_state_refusal(key, now))
 
     def identify(self, presented: str | None, now: float) -> KeyCheck:
         if self.file is None:
@@ -106,8 +117,7 @@ class KeyBook:
         """Every key with its state, limits and usage per window; never a key or a hash."""
         rows = []
         for key in self.file.keys if self.file is not None else ():
-            state = "revoked" if key.revoked is not None else (
-                "expired" if key.expires is not None and key.expires <= now else "active")
+            state = key_state_refusal(key, now) or "active"
             rows.append({"name": key.name, "state": state, "created": key.created, "expires": key.expires,
                          "models": list(key.models) if key.models is not None else None,
                          "limits": dict(key.limits), "usage": self.usage_of(key.name).snapshot(key.limits, now)})

@@ -27,3 +27,14 @@ def is_forwardable(path: str) -> bool:
     anything else on the upstream host stay out of reach."""
     p = bare(path)
     return p.startswith(FORWARD_PREFIX) and p not in (ACCOUNTS_CHECK, USAGE)
+
+
+KEYLESS = frozenset({HEALTH, METRICS, TOKEN, ACCOUNTS_CHECK})  # with client keys on, these need none
+
+
+def needs_key(path: str) -> bool:
+    """With client keys on, a request here needs a valid key: everything but the health check, the
+    admin views and metrics (the admin token guards those), a client's own token refresh and Codex's
+    workspace routing."""
+    p = bare(path)
+    return not (p in KEYLESS or p == "/admin" or p.startswith(ADMIN_PREFIX))

@@ -9,9 +9,10 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",]+")
 _REFRESH = re.compile(r"\brt_[A-Za-z0-9_.-]{8,}")
 _KEYED = re.compile(r"(?i)((?:access|refresh|id)_?token['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
+_CLIENT_KEY = re.compile(r"\bcp-[A-Za-z0-9_-]{40,}")  # a codex-pool client key (core/client_keys.py)
 
 
-_MAYBE = re.compile(r"(?i)eyJ|bearer|rt_|token")  # every pattern below needs one of these
+_MAYBE = re.compile(r"(?i)eyJ|bearer|rt_|token|cp-")  # every pattern below needs one of these
 
 
 def redact(text: str) -> str:
@@ -21,7 +22,8 @@ def redact(text: str) -> str:
     text = _JWT.sub("[redacted-jwt]", text)
     text = _BEARER.sub(r"\1[redacted]", text)
     text = _REFRESH.sub("[redacted-refresh-token]", text)
-    return _KEYED.sub(r"\1[redacted]", text)
+    text = _KEYED.sub(r"\1[redacted]", text)
+    return _CLIENT_KEY.sub("[redacted-client-key]", text)
 
 
 # a client's own identity: ChatGPT's, and the API-key headers OpenAI-style SDKs send (Azure's

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from codex_pool.core import body_decode, ledger, paths
+from codex_pool.core import body_decode, paths
 from codex_pool.core.addresses import is_loopback
 from codex_pool.core.bodies import json_body
-from codex_pool.core.client_keys import LONGEST_WINDOW, KeysError, bearer, usage_from_records
+from codex_pool.core import failover
+from codex_pool.core.client_keys import LONGEST_WINDOW, KeysError, bearer, model_of, usage_from_records
 from codex_pool.core.pool import Pool
-from codex_pool.mitm.flows import KEY, answer, answer_error, describe_error
+from codex_pool.mitm.flows import KEY, answer, answer_error, describe_error, drop_client_credentials
 from codex_pool.storage.files import mtime_ns
 from codex_pool.storage.keys_file import load_keys
 from codex_pool.storage.ledger_store import LedgerStore
@@ -43,8 +45,8 @@ log = logging.getLogger("codex_pool")
 KEYS_CHECK_SECONDS = 1.0
 REFUSED = "codex_pool.key_refused"  # flow.metadata: why the request has no usable key
 USAGE_PATH = "/v1/usage"
-KEYLESS = frozenset({paths.HEALTH, paths.METRICS, paths.TOKEN, paths.ACCOUNTS_CHECK})
 KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key")
+MAX_REFUSED_BODY = 1 << 20  # a request without a valid key announcing more than this is cut at its headers
 
 
 def exposure_problem(hosts: list[str], client_keys, admin_token: str | None) -> str | None:
@@ -62,11 +64,6 @@ def exposure_problem(hosts: list[str], client_keys, admin_token: str | None) -> 
             "(--mode reverse:https://chatgpt.com@127.0.0.1:8989). See README, 'Sharing the pool'.")
 
 
-def needs_key(path: str) -> bool:
-    p = paths.bare(path)
-    return not (p in KEYLESS or p == "/admin" or p.startswith(paths.ADMIN_PREFIX))
-
-
 class ClientAuth:
     def __init__(self, pool: Pool):
         self.pool = pool
@@ -74,6 +71,7 @@ class ClientAuth:
         self._mtime: int | None = None
         self._task: asyncio.Task | None = None
         self._started_at = time.time()
+        self._rebuilt = False  # usage has been rebuilt from the ledger once
 
     # ---- the keys file ---------------------------------------------------------------------
 
@@ -105,7 +103,7 @@ class ClientAuth:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._watch())
         if self.pool.keys.on:
-            loop.create_task(self._rebuild_usage())
+            loop.create_task(self._rebuild_usage())  # else on the first load of a keys file
 
     def done(self) -> None:
         if self._task is not None:
@@ -116,9 +114,10 @@ class ClientAuth:
         config = self.pool.config
         path = config.client_keys if config is not None else None
         if path is None:
-            if self.pool.keys.on:
+            if self.pool.keys.on or self.pool.keys.file_error:
                 log.warning("codex-pool: client_keys unset in mitm.yaml: client keys are off")
             self.pool.keys.load(None)
+            self.pool.keys.file_error = None
             self._path = self._mtime = None
             return
         self._path = path
@@ -136,16 +135,25 @@ class ClientAuth:
             self.pool.keys.load(None)
             self.pool.keys.file_error = str(e)
             return
-        self.pool.keys.file_error = None
         self.pool.keys.load(keyfile)
         log.info("codex-pool: %d client key(s) from %s", len(keyfile.keys), path)
+        if not (config.prices if config else None):
+            usd = [k.name for k in keyfile.keys if any(n.startswith("usd_") for n in k.limits)]
+            if usd:
+                log.warning("codex-pool: the US$ limits of %s count nothing: mitm.yaml has no prices (see README, "
+                            "'Usage ledger')", ", ".join(usd))
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(KEYS_CHECK_SECONDS)
             try:
-                if self._path is not None and mtime_ns(self._path) != self._mtime:
-                    self._load()
+                config = self.pool.config
+                wanted = config.client_keys if config is not None else None
+                if wanted != self._path or (self._path is not None and mtime_ns(self._path) != self._mtime):
+                    was_on = self.pool.keys.on
+                    self._load()  # mitm.yaml's client_keys changed, or the file did
+                    if self.pool.keys.on and not was_on and not self._rebuilt:
+                        asyncio.get_running_loop().create_task(self._rebuild_usage())
             except Exception as e:
                 log.error("codex-pool: watching the keys file failed: %s", describe_error(e))
 
@@ -162,6 +170,7 @@ class ClientAuth:
 
         def read():
             return usage_from_records(store.query(until - LONGEST_WINDOW - 86400, until), names, until, keys.prices)
+        self._rebuilt = True
         keys.start_rebuild()
         try:
             rebuilt = await asyncio.to_thread(read)
@@ -175,7 +184,7 @@ class ClientAuth:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         keys = self.pool.keys
-        if not (keys.on or keys.file_error) or not needs_key(flow.request.path):
+        if not (keys.on or keys.file_error) or not paths.needs_key(flow.request.path):
             return
         try:
             presented = None
@@ -189,6 +198,12 @@ class ClientAuth:
             check = keys.identify(presented, self.pool.now()) if keys.on else None
             if check is None or check.refusal is not None:
                 flow.metadata[REFUSED] = check.refusal if check is not None else "keys_unreadable"
+                length = flow.request.headers.get("content-length", "")
+                if length.isdigit() and int(length) > MAX_REFUSED_BODY:
+                    # mitmproxy would read the whole body before `request` answers: a client without
+                    # a key gets no buffer of ours (the connection is closed instead of a 401)
+                    self.pool.metrics.refusal(flow.metadata[REFUSED])
+                    flow.kill()
             else:
                 flow.metadata[KEY] = check.key.name
         except Exception as e:
@@ -199,31 +214,45 @@ class ClientAuth:
         if flow.response is not None or flow.error is not None:
             return
         keys = self.pool.keys
-        if not (keys.on or keys.file_error) or not needs_key(flow.request.path):
+        if not (keys.on or keys.file_error) or not paths.needs_key(flow.request.path):
             return
         try:
             refused = flow.metadata.get(REFUSED)
             if refused is not None or KEY not in flow.metadata:
                 return self._unauthorized(flow, refused or "missing")
-            key = keys.get(flow.metadata[KEY])
             now = self.pool.now()
-            if key is None:  # revoked by an edit between its headers and its body
-                return self._unauthorized(flow, "unknown")
+            check = keys.check(flow.metadata[KEY], now)  # as it stands now: revoked or expired since its headers?
+            if check.refusal is not None:
+                return self._unauthorized(flow, check.refusal)
+            key = check.key
             if paths.bare(flow.request.path) == USAGE_PATH:
+                if flow.request.method not in ("GET", "HEAD"):
+                    return answer_error(flow, 405, "invalid_request_error", "method_not_allowed", f"use GET {USAGE_PATH}",
+                                        param=None)
                 return answer(flow, 200, json_body({"key": key.name, "expires": key.expires,
                                                     "models": list(key.models) if key.models is not None else None,
                                                     "usage": keys.usage_of(key.name).snapshot(key.limits, now)}))
-            model = ledger.model_from_body(body_decode.decode_body(
-                flow.request.raw_content, flow.request.headers.get("content-encoding"), ledger.MODEL_SCAN_BYTES).data)
+            if is_failover_retry(flow, self.pool, now):
+                return  # the request it retries was admitted and checked: a turn is never cut by a limit
+            model = None
+            if key.models is not None:  # the model as the backend will read it, or no model at all
+                decoded = body_decode.decode_body(flow.request.raw_content, flow.request.headers.get("content-encoding"))
+                readable, model = model_of(decoded.data) if decoded.complete else (False, None)
+                if flow.request.method == "POST" and (not readable or model is None):
+                    self.pool.metrics.refusal("limit_model")
+                    return answer_error(flow, 403, "invalid_request_error", "model_not_allowed",
+                                        f"the key {key.name!r} may use only {', '.join(key.models) or 'no model'}; "
+                                        "this request names no model codex-pool can read", param="model")
             refusal = keys.refusal(key, model, now)
             if refusal is None:
-                keys.admit(key.name, now)
+                if not is_upgrade(flow):  # a WebSocket's turns are counted one by one (mitm/websockets.py)
+                    keys.admit(key.name, now)
                 return
             self.pool.metrics.refusal(f"limit_{refusal.limit}")
             if refusal.limit == "model":
                 return answer_error(flow, 403, "invalid_request_error", "model_not_allowed", refusal.message,
                                     param="model")
-            resets = int(refusal.resets_at) if refusal.resets_at is not None else int(now) + 60
+            resets = math.ceil(refusal.resets_at) if refusal.resets_at is not None else int(now) + 60
             answer_error(flow, 429, "usage_limit_reached", "usage_limit_reached",
                          f"{refusal.message}; it resets at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(resets))}",
                          retry_after=max(1, resets - int(now)), resets_at=resets, param=None,
@@ -233,6 +262,17 @@ class ClientAuth:
             answer_error(flow, 503, "internal_error", "proxy_internal_error",
                          f"codex-pool failed while checking the client key ({type(e).__name__}); not forwarded",
                          param=None)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # answered locally (mitmproxy calls this hook for those too): the key never stays on the flow.
+        # Here, not in `response`: mitmproxy's own save addon (-w) writes the flow at its `response`,
+        # which runs before a script's.
+        if flow.id not in self.pool.exchanges and "codex_pool" not in flow.metadata:
+            scrub_client_credentials(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.id not in self.pool.exchanges and "codex_pool" not in flow.metadata:
+            scrub_client_credentials(flow)
 
     def _unauthorized(self, flow: http.HTTPFlow, reason: str) -> None:
         self.pool.metrics.refusal(reason)
@@ -247,3 +287,19 @@ class ClientAuth:
         answer_error(flow, status, "invalid_request_error", "invalid_api_key",
                      f"{what}: send 'Authorization: Bearer <your codex-pool key>' (ask the pool's admin for one: "
                      "scripts/keys create NAME)", param=None)
+
+
+def is_upgrade(flow: http.HTTPFlow) -> bool:
+    return flow.request.headers.get("upgrade", "").lower() == "websocket"
+
+
+def is_failover_retry(flow: http.HTTPFlow, pool: Pool, now: float) -> bool:
+    """The request comes back from one of the pool's own failover 307s (its marker names a live chain)."""
+    marker = flow.request.query.get(failover.MARKER) if failover.MARKER in flow.request.path else None
+    return marker is not None and pool.chains.find(marker, None, now) is not None
+
+
+def scrub_client_credentials(flow: http.HTTPFlow) -> None:
+    """Nothing a client identified itself with stays on a flow answered locally (mitmweb, saved
+    flows): a forwarded flow's were replaced before it went upstream."""
+    drop_client_credentials(flow.request.headers)

@@ -123,7 +123,18 @@ class LocalEndpoints:
         answer(flow, 200, json_body(self.pool.client_quota(now).usage_payload(now)))
 
     def _client_token(self, flow: http.HTTPFlow) -> None:
-        answer(flow, 200, json_body(client_refresh_answer(self.pool.now())))
+        """A client's own token refresh, answered with placeholder tokens. With client keys on there is
+        nothing to hand out: a refresh answer would have to carry the client's key (which would then
+        sit in stored flows), so it is refused, saying how to set the key again (the placeholder that
+        `scripts/codex-setup --key` writes is never due for a refresh)."""
+        now = self.pool.now()
+        keys = self.pool.keys
+        if not (keys.on or keys.file_error):
+            return answer(flow, 200, json_body(client_refresh_answer(now)))
+        flow.request.content = b"[redacted]"  # a refresh token is a secret too
+        answer_error(flow, 401, "invalid_grant", "refresh_token_invalidated",
+                     "this codex-pool uses client keys, which are not refreshed: run scripts/codex-setup --key <your key> "
+                     "again (ask the pool's admin for a key)")
 
     def _metrics(self, flow: http.HTTPFlow) -> None:
         flow.response = http.Response.make(200, self.pool.metrics.render(), {"content-type": CONTENT_TYPE})

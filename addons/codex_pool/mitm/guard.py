@@ -42,6 +42,7 @@ class CredentialGuard:
             flow.request.stream = False
             fields = flow.request.headers.fields
             if len(fields) > 64 and sum(len(k) + len(v) for k, v in fields) > MAX_HEADER_BYTES:
+                drop_client_credentials(flow.request.headers)  # answered here: nothing of the client's stays
                 answer_error(flow, 431, "invalid_request_error", "request_headers_too_large",
                              f"the request's headers are over {MAX_HEADER_BYTES // 1024} KB; not forwarded (an "
                              "upstream would drop the connection, and the pool account would be blamed for it)")

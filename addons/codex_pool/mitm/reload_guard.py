@@ -20,6 +20,7 @@ from mitmproxy import http
 
 from codex_pool.core.bodies import error_body
 from codex_pool.core.redact import redact
+from codex_pool.mitm.flows import drop_client_credentials
 
 GUARD_NAME = "codex-pool-guard"
 SCRIPT_LOGGER = "mitmproxy.addons.script"  # where mitmproxy reports a script that failed to load
@@ -53,6 +54,7 @@ class ReloadGuard:
     def request(self, flow: http.HTTPFlow) -> None:
         if self.attached or flow.response is not None:
             return
+        drop_client_credentials(flow.request.headers)  # answered here: nothing of the client's stays on the flow
         flow.response = http.Response.make(
             503, error_body("server_error", "codex_pool_not_loaded", self.message()),
             {"content-type": "application/json", "cache-control": "no-store", "retry-after": str(RETRY_AFTER_SECONDS)})

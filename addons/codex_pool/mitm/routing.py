@@ -62,6 +62,11 @@ class Routing:
                              f"point Codex at http://<proxy>{paths.FORWARD_PREFIX}codex, "
                              "OpenAI-style clients at http://<proxy>/v1")
                 return None
+            keys = self.pool.keys
+            if (keys.on or keys.file_error) and KEY not in flow.metadata:  # the key check did not run: fail closed
+                answer_error(flow, 403, "invalid_request_error", "invalid_api_key",
+                             "codex-pool could not check this request's client key; it was not forwarded")
+                return None
             wanted = self._read(flow)
             return self._place(flow, wanted, may_wait=True)
         except Exception as e:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable
 
 from mitmproxy import ctx, http
 
 from codex_pool.core import failover, ledger
+from codex_pool.core.client_keys import model_of
 from codex_pool.core.exchange import Exchange, WsTurn, outcome_label
 from codex_pool.core.outcome import classify_ws_error, stream_verdict
 from codex_pool.core.pool import Pool
@@ -45,11 +47,13 @@ class WebSocketTurns:
             if len(messages) > 2 * WS_KEEP_MESSAGES:  # a long socket must not grow without bound
                 del messages[:-WS_KEEP_MESSAGES]
             if message.from_client:
-                if message.is_text and b'"response.create"' in message.content:
-                    model = ledger.model_from_body(message.content)
-                    if self._over_key_limit(flow, message, model):
-                        return
-                    exchange.ws_turn = WsTurn(TurnObserver(), self.pool.now(), model)
+                keys = self.pool.keys
+                if keys.on or keys.file_error:  # every client frame is read as upstream will read it
+                    turn_starts = self._keyed_frame(flow, message)
+                else:
+                    turn_starts = message.is_text and b'"response.create"' in message.content
+                if turn_starts:
+                    exchange.ws_turn = WsTurn(TurnObserver(), self.pool.now(), ledger.model_from_body(message.content))
                 return
             turn = exchange.ws_turn
             if turn is None or not message.is_text:
@@ -74,27 +78,55 @@ class WebSocketTurns:
             log.error("codex-pool: websocket_message failed on %s: %s", flow.request.path, describe_error(e))
         return None
 
-    def _over_key_limit(self, flow: http.HTTPFlow, message, model: str | None) -> bool:
-        """A turn on a socket counts against the client key like a request: over a limit, the frame
-        is not forwarded and the client gets the error frame Codex prints as a usage limit."""
-        keys, name = self.pool.keys, flow.metadata.get(KEY)
-        key = keys.get(name) if name and keys.on else None
-        if key is None:
+    def _keyed_frame(self, flow: http.HTTPFlow, message) -> bool:
+        """With client keys on, a turn on a socket counts against its key like a request, and the key
+        must still be valid (revoked or expired since the upgrade: refused). A refused frame is not
+        forwarded; the client gets the error frame Codex prints (429 usage_limit_reached with its
+        reset, 403 for a model or a key no longer valid). Fails closed: on any error the frame is
+        dropped. True when the frame starts a turn and goes upstream."""
+        try:
+            if not message.is_text:  # nothing a key can be checked on goes upstream
+                return self._refuse_frame(flow, message, 403, "invalid_request_error",
+                                          "codex-pool forwards only text frames on a keyed socket")
+            now = self.pool.now()
+            kind = frame_type(message.content)
+            if kind != "response.create":
+                return False  # not a turn: forwarded
+            check = self.pool.keys.check(flow.metadata.get(KEY), now)
+            if check.refusal is not None:
+                self.pool.metrics.refusal(check.refusal)
+                return self._refuse_frame(flow, message, 403, "invalid_api_key",
+                                          f"the client key is {check.refusal}; ask the pool's admin for a new one")
+            key = check.key
+            readable, model = model_of(message.content)
+            if key.models is not None and (not readable or model is None):
+                self.pool.metrics.refusal("limit_model")
+                return self._refuse_frame(flow, message, 403, "model_not_allowed", f"the key {key.name!r} may use only "
+                                          f"{', '.join(key.models) or 'no model'}; this turn names none")
+            refusal = self.pool.keys.refusal(key, model, now)
+            if refusal is None:
+                self.pool.keys.admit(key.name, now)
+                return True
+            self.pool.metrics.refusal(f"limit_{refusal.limit}")
+            if refusal.limit == "model":
+                return self._refuse_frame(flow, message, 403, "model_not_allowed", refusal.message)
+            return self._refuse_frame(flow, message, 429, "usage_limit_reached", refusal.message,
+                                      resets_at=math.ceil(refusal.resets_at) if refusal.resets_at is not None else None)
+        except Exception as e:
+            log.error("codex-pool: checking a frame's client key failed on %s: %s", flow.request.path, describe_error(e))
+            message.drop()
             return False
-        now = self.pool.now()
-        refusal = keys.refusal(key, model, now)
-        if refusal is None:
-            keys.admit(key.name, now)
-            return False
+
+    @staticmethod
+    def _refuse_frame(flow: http.HTTPFlow, message, status: int, code: str, text: str, resets_at: int | None = None) -> bool:
+        """Not forwarded; the client gets an error frame instead. False: no turn starts."""
         message.drop()
-        self.pool.metrics.refusal(f"limit_{refusal.limit}")
-        status, kind = (403, "model_not_allowed") if refusal.limit == "model" else (429, "usage_limit_reached")
-        error = {"type": kind, "code": kind, "message": refusal.message}
-        if refusal.resets_at is not None:
-            error["resets_at"] = int(refusal.resets_at)
+        error = {"type": code, "code": code, "message": text}
+        if resets_at is not None:
+            error["resets_at"] = resets_at
         frame = {"type": "error", "status": status, "error": error}
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(frame).encode(), True)
-        return True
+        return False
 
     def _after_frame(self, flow: http.HTTPFlow, exchange: Exchange, turn: WsTurn, seen_limits: int) -> None:
         observer = turn.observer
@@ -178,3 +210,13 @@ class WebSocketTurns:
             duration_ms=(now - turn.started) * 1000, attempt=exchange.attempt, conversation=exchange.conversation,
             key=flow.metadata.get(KEY),
         ))
+
+
+def frame_type(content: bytes) -> str | None:
+    """A client frame's `type` as upstream reads it (a parse: an escaped spelling counts the same)."""
+    try:
+        doc = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    value = doc.get("type") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
