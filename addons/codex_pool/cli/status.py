@@ -73,13 +73,16 @@ def rows(accounts: list[dict]) -> list[dict]:
             "resets_at": min(resets) if resets else None,
             "sticky": a.get("sticky_conversations", 0),
             "last_used": _ts(a.get("last_used")),
+            "token_expires": _ts(a.get("access_expires_at")),
+            "last_refresh": _ts(a.get("last_refresh")),
         })
     return out
 
 
 def table(data: dict, now: float) -> str:
     rs = rows(data.get("accounts", []))
-    header = ["account", "plan", "state", "5h used", "weekly", "resets in", "sticky", "last used"]
+    header = ["account", "plan", "state", "5h used", "weekly", "resets in", "sticky", "last used", "token expires",
+              "refreshed"]
     lines = [header]
     for r in rs:
         state = r["state"] + (f" ({_ago(r['until'], now)})" if r["until"] and r["state"] in ("cooling", "limited") else "")
@@ -89,6 +92,9 @@ def table(data: dict, now: float) -> str:
             "-" if r["weekly_used"] is None else f"{r['weekly_used']:.0f}%",
             "-" if r["resets_at"] is None else _span(r["resets_at"] - now),
             str(r["sticky"]), _ago(r["last_used"], now),
+            "-" if r["token_expires"] is None else (_span(r["token_expires"] - now) if r["token_expires"] > now
+                                                     else "expired"),
+            _ago(r["last_refresh"], now),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

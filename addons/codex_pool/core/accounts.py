@@ -164,6 +164,7 @@ class AccountRegistry:
                     "last_error": health.detail,
                     "consecutive_failures": health.failures,
                     "access_expires_at": iso(account.access_expires_at),
+                    "last_refresh": iso(account.last_refresh.timestamp()) if account.last_refresh else None,
                     "last_used": iso(rt.last_used) if rt.last_used else None,
                     "requests": rt.requests,
                     "in_flight": rt.in_flight,

@@ -12,6 +12,7 @@
 | GET | /admin/usage?since=…&until=…&group=account,day,model,key | the usage ledger, as scripts/usage-report --json |
 | GET | /admin/keys | client keys: name, state, limits, usage per window; never a key or a hash |
 | POST | /admin/accounts/<name>/pin, unpin, disable, enable | steer one account |
+| POST | /admin/accounts/<name>/remove | take it out of the pool now (its file moves to pool/.removed/) |
 
 Admin endpoints (and /metrics) answer loopback clients only, unless `admin_token` is set in
 mitm.yaml; then they require `Authorization: Bearer <admin_token>` from everyone.
@@ -34,6 +35,7 @@ from codex_pool.core.metrics import CONTENT_TYPE
 from codex_pool.core.pool import STEER_ACTIONS, Pool
 from codex_pool.mitm.flows import answer, answer_error, describe_error
 from codex_pool.mitm.lifecycle import Lifecycle
+from codex_pool.storage.pool_accounts import AccountFileError
 
 log = logging.getLogger("codex_pool")
 
@@ -95,6 +97,8 @@ class LocalEndpoints:
             if refused:
                 return answer_error(flow, 403, "forbidden", "admin_forbidden", refused)
         if action is not None:
+            if action[1] == "remove":
+                return self._remove(flow, action[0])
             return self._steer(flow, action[0], action[1])
         return endpoint.handler(self, flow)
 
@@ -169,6 +173,14 @@ class LocalEndpoints:
             return answer_error(flow, 400, "invalid_request", "bad_parameter", str(e))
         answer(flow, 200, json_body(report))
 
+    async def _remove(self, flow: http.HTTPFlow, name: str) -> None:
+        try:
+            moved = await self.lifecycle.remove_account(name)
+        except AccountFileError as e:
+            return answer_error(flow, 404, "not_found", "unknown_account", str(e))
+        answer(flow, 200, json_body({"action": "remove", "account": name, "moved_to": str(moved),
+                                     "accounts": len(self.pool.registry.accounts)}))
+
     def _steer(self, flow: http.HTTPFlow, name: str, action: str) -> None:
         refused = self.pool.steer(name, action)
         if refused:
@@ -198,7 +210,7 @@ def find_endpoint(path: str) -> tuple[Endpoint | None, tuple[str, str] | None]:
     if endpoint is not None:
         return endpoint, None
     parts = path.strip("/").split("/")
-    if len(parts) == 4 and parts[:2] == ["admin", "accounts"] and parts[3] in STEER_ACTIONS:
+    if len(parts) == 4 and parts[:2] == ["admin", "accounts"] and (parts[3] in STEER_ACTIONS or parts[3] == "remove"):
         return STEER, (parts[2], parts[3])
     return None, None
 

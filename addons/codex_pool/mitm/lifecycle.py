@@ -24,6 +24,7 @@ from codex_pool.storage.event_log import EventLog, Events
 from codex_pool.storage.files import FileLock, mtime_ns, sweep_temp_files
 from codex_pool.storage.ledger_store import LedgerStore
 from codex_pool.storage.ledger_writer import LedgerWriter
+from codex_pool.storage.pool_accounts import AccountFileError, remove_account
 from codex_pool.storage.pool_folder import PoolFolder
 from codex_pool.storage.pool_temp import recover_temp_files
 from codex_pool.storage.secret_file import load_secret
@@ -290,6 +291,18 @@ class Lifecycle:
             log.info("codex-pool: reloaded %s", config.source)
             if self.folder is not folder:  # pool_dir changed: serve the new folder now
                 await self.rescan()
+
+    async def remove_account(self, name: str) -> Path:
+        """Take an account out of service now: its file moves to the pool folder's `.removed/` and the
+        folder is read again at once (its conversations move on, its refreshes stop). AccountFileError
+        when there is no such file."""
+        config = self.pool.config
+        if config is None:
+            raise AccountFileError("codex-pool has no settings yet")
+        moved = await asyncio.to_thread(remove_account, config.pool_dir, name)
+        await self.rescan()
+        log.info("codex-pool: account %s removed from the pool (its file is now %s)", name, moved)
+        return moved
 
     async def rescan(self, check_config: bool = False) -> PoolScan:
         """Re-read the pool folder (changed files only) in a worker thread; with `check_config`,
