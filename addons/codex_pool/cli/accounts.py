@@ -18,24 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-from codex_pool.cli.project import project_root
-from codex_pool.core.config import ConfigError, default_config
-from codex_pool.storage.config_file import load_config
-from codex_pool.storage.pool_accounts import AccountFileError, import_account, remove_account
-
-
-def _config(path: str | None, root: Path):
-    if path is not None:
-        return load_config(Path(path))
-    default = root / "mitm.yaml"
-    return load_config(default) if default.exists() else default_config(root)
-
-
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else "unknown"
+from codex_pool.cli.project import load_settings, project_root, when_utc
+from codex_pool.core.config import ConfigError
+from codex_pool.storage.pool_accounts import (
+    AccountFileError,
+    import_account,
+    remove_account,
+)
 
 
 def import_main(argv: list[str] | None = None, root: Path | None = None) -> int:
@@ -47,7 +38,7 @@ def import_main(argv: list[str] | None = None, root: Path | None = None) -> int:
     p.add_argument("--replace", action="store_true", help="replace the pool file that already holds this account")
     args = p.parse_args(argv)
     try:
-        config = _config(args.config, root or project_root())
+        config = load_settings(args.config, root or project_root())
         home = Path(args.home or os.environ.get("CODEX_HOME") or Path.home() / ".codex").expanduser()
         done = import_account(config.pool_dir, args.name, home / "auth.json", replace=args.replace)
     except (ConfigError, AccountFileError) as e:
@@ -55,7 +46,7 @@ def import_main(argv: list[str] | None = None, root: Path | None = None) -> int:
         return 2
     a = done.account
     print(f"imported {done.path.name}: {a.email or 'no email'}, plan {a.plan or 'unknown'}, "
-          f"access token expires {_when(a.access_expires_at)}")
+          f"access token expires {when_utc(a.access_expires_at)}")
     if done.replaced is not None:
         print(f"the file that held this account before is now {done.replaced} (its refresh token is not used again)")
     print("a running proxy serves it within its pool_scan_seconds")
@@ -68,7 +59,7 @@ def remove_main(argv: list[str] | None = None, root: Path | None = None) -> int:
     p.add_argument("--config", metavar="PATH", help="settings file (default: mitm.yaml in the project root)")
     args = p.parse_args(argv)
     try:
-        config = _config(args.config, root or project_root())
+        config = load_settings(args.config, root or project_root())
         moved = remove_account(config.pool_dir, args.name)
     except (ConfigError, AccountFileError) as e:
         print(f"remove-account: {e}", file=sys.stderr)

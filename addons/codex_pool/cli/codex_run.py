@@ -24,11 +24,10 @@ from pathlib import Path
 
 from codex_pool.cli.codex_setup import patch_config
 from codex_pool.cli.launcher import _installed_codex
-from codex_pool.cli.project import project_root
+from codex_pool.cli.project import load_settings, project_root
 from codex_pool.core.client_keys import looks_like_key
-from codex_pool.core.config import ConfigError, default_config
+from codex_pool.core.config import ConfigError
 from codex_pool.storage.codex_home import is_placeholder, write_placeholder_auth
-from codex_pool.storage.config_file import load_config
 
 
 def proxy_origin(listen: str, native: bool) -> str:
@@ -68,8 +67,7 @@ def main(argv: list[str] | None = None, root: Path | None = None) -> int:
         args = args[1:]
     root = root or project_root()
     try:
-        config = load_config(config_path) if config_path else (
-            load_config(root / "mitm.yaml") if (root / "mitm.yaml").exists() else default_config(root))
+        config = load_settings(config_path, root)
     except ConfigError as e:
         print(f"scripts/codex: {e}", file=sys.stderr)
         return 2

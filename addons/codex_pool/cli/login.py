@@ -27,13 +27,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from codex_pool.cli.project import project_root
-from codex_pool.core.config import ConfigError, default_config
-from codex_pool.storage.config_file import load_config
-from codex_pool.storage.pool_accounts import AccountFileError, check_name, import_account
+from codex_pool.cli.project import load_settings, project_root, when_utc
+from codex_pool.core.config import ConfigError
+from codex_pool.storage.pool_accounts import (
+    AccountFileError,
+    check_name,
+    import_account,
+)
 
 PROG = "login"
 # Codex writes auth.json only with the file credential store (the default; pinned so a keyring
@@ -41,15 +43,6 @@ PROG = "login"
 FILE_STORE = 'cli_auth_credentials_store="file"'
 
 
-def _config(path: str | None, root: Path):
-    if path is not None:
-        return load_config(Path(path))
-    default = root / "mitm.yaml"
-    return load_config(default) if default.exists() else default_config(root)
-
-
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else "unknown"
 
 
 def browser_missing(env: dict[str, str] | None = None, platform: str | None = None) -> str | None:
@@ -102,7 +95,7 @@ def login_main(argv: list[str] | None = None, root: Path | None = None) -> int:
     root = root or project_root()
     try:
         check_name(args.name)
-        config = _config(args.config, root)
+        config = load_settings(args.config, root)
         codex = find_codex(root, args.codex)
     except (ConfigError, AccountFileError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -156,7 +149,7 @@ def login_main(argv: list[str] | None = None, root: Path | None = None) -> int:
 
     a = done.account
     print(f"imported {done.path.name}: {a.email or 'no email'}, plan {a.plan or 'unknown'}, "
-          f"access token expires {_when(a.access_expires_at)}")
+          f"access token expires {when_utc(a.access_expires_at)}")
     if done.replaced is not None:
         print(f"the file that held this account before is now {done.replaced} (its refresh token is not used again)")
     print("a running proxy serves it within its pool_scan_seconds")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 ENTRY = Path("addons") / "pool.py"
@@ -24,3 +25,19 @@ def project_root() -> Path:
                 return folder
     raise SystemExit(f"cannot find the codex-pool folder (one holding {ENTRY}); run from inside it, "
                      "or set CODEX_POOL_HOME to it")
+
+
+def load_settings(path: str | Path | None, root: Path):
+    """The settings a command-line tool works with: `--config PATH` when given, else the project's
+    mitm.yaml, else the built-in defaults. Raises ConfigError naming the file and the problem."""
+    from codex_pool.core.config import default_config
+    from codex_pool.storage.config_file import load_config
+    if path is not None:
+        return load_config(Path(path))
+    default = root / "mitm.yaml"
+    return load_config(default) if default.exists() else default_config(root)
+
+
+def when_utc(ts: float | None) -> str:
+    """A unix time as tools print it: 2026-12-01 10:36 UTC (or "unknown")."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else "unknown"
