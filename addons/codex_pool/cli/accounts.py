@@ -44,13 +44,18 @@ def import_main(argv: list[str] | None = None, root: Path | None = None) -> int:
     except (ConfigError, AccountFileError) as e:
         print(f"import-account: {e}", file=sys.stderr)
         return 2
+    report_import(done)
+    return 0
+
+
+def report_import(done) -> None:
+    """What an import printed (scripts/import-account and scripts/login alike)."""
     a = done.account
     print(f"imported {done.path.name}: {a.email or 'no email'}, plan {a.plan or 'unknown'}, "
           f"access token expires {when_utc(a.access_expires_at)}")
     if done.replaced is not None:
         print(f"the file that held this account before is now {done.replaced} (its refresh token is not used again)")
     print("a running proxy serves it within its pool_scan_seconds")
-    return 0
 
 
 def remove_main(argv: list[str] | None = None, root: Path | None = None) -> int:

@@ -29,7 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codex_pool.cli.project import load_settings, project_root, when_utc
+from codex_pool.cli.accounts import report_import
+from codex_pool.cli.project import load_settings, project_root
 from codex_pool.core.config import ConfigError
 from codex_pool.storage.pool_accounts import (
     AccountFileError,
@@ -147,10 +148,5 @@ def login_main(argv: list[str] | None = None, root: Path | None = None) -> int:
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
-    a = done.account
-    print(f"imported {done.path.name}: {a.email or 'no email'}, plan {a.plan or 'unknown'}, "
-          f"access token expires {when_utc(a.access_expires_at)}")
-    if done.replaced is not None:
-        print(f"the file that held this account before is now {done.replaced} (its refresh token is not used again)")
-    print("a running proxy serves it within its pool_scan_seconds")
+    report_import(done)
     return 0
