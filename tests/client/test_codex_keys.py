@@ -10,7 +10,7 @@ import pytest
 
 from codex_pool.cli import codex_setup
 from codex_pool.core.client_keys import ClientKey, KeyFile, key_digest
-from codex_pool.storage.keys_file import new_key, new_salt, save_keys
+from codex_pool.storage.keys_file import new_key, new_salt, save_keys, update_keys
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.client, pytest.mark.e2e]
@@ -56,21 +56,28 @@ def test_codex_without_a_valid_key_is_refused_and_nothing_is_forwarded(codex_wor
 
 
 def test_codex_over_a_key_limit_prints_the_usage_limit_with_its_reset(codex_world):
-    w = codex_world("custom", "client_keys: keys.json\nledger_flush_seconds: 0.2\n")
+    """The custom wiring's 429 answer. (Native: the WebSocket error frame leaves Codex 0.169.0 waiting
+    until its own timeout; an open issue, see the session's note.)"""
+    mode = "custom"
+    w = codex_world(mode, "client_keys: keys.json\nledger_flush_seconds: 0.2\n")
     salt = new_salt()
     key = new_key()
     save_keys(w.proxy.config_path.parent / "keys.json",
-              KeyFile(salt, [ClientKey(name="ana", digest=key_digest(salt, key), created=time.time(),
-                                       limits={"tokens_per_day": 1})]))
+              KeyFile(salt, [ClientKey(name="ana", digest=key_digest(salt, key), created=time.time())]))
     wait_for(lambda: w.proxy.http.get("/admin/keys").json()["on"], 10, "the keys file to be read")
-    origin = f"http://127.0.0.1:{w.proxy.port}"
-    assert codex_setup.main(["--mode", "custom", "--home", str(w.home), "--proxy", origin, "--key", key,
+    origin = f"{'https' if mode == 'native' else 'http'}://127.0.0.1:{w.proxy.port}"
+    assert codex_setup.main(["--mode", mode, "--home", str(w.home), "--proxy", origin, "--key", key,
                              "--config", str(w.proxy.config_path), "--yes"]) == 0
-    w.codex("say hi")  # the first turn goes through; its tokens put ana over her daily limit
+    w.codex("say hi")  # served; then the admin lowers ana's daily tokens below what she used
+    update_keys(w.proxy.config_path.parent / "keys.json", lambda kf: KeyFile(kf.salt, [
+        ClientKey(**{**k.__dict__, "limits": {"tokens_per_day": 1}}) for k in kf.keys]))
+    wait_for(lambda: w.proxy.http.get("/admin/keys").json()["keys"][0]["limits"] == {"tokens_per_day": 1}, 10,
+             "the new limit to be read")
+    served = len(w.turns())
     started = time.monotonic()
     done = w.codex("and again", ok=False)
     took = time.monotonic() - started
     print("Codex 0.169.0 says:", done.stderr[-800:])
-    assert done.returncode != 0 and "usage limit" in done.stderr.lower()
+    assert done.returncode != 0 and "usage limit" in done.stderr.lower(), done.stderr[-2000:]
     assert took < 30  # printed at once, not retried for the day
-    assert len(w.turns()) == 1
+    assert len(w.turns()) == served  # nothing of the second run reached upstream

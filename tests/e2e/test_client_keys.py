@@ -118,6 +118,8 @@ def test_each_limit_is_answered_locally_while_another_key_is_served(team):
         r = wait_for(lambda: (r := t.chat(t.keys[name])).status_code == 429 and r, 10, f"{name}'s limit")
         resets = r.json()["error"]["resets_at"]
         assert 86400 - 120 < resets - time.time() <= 86400 + 60  # the rolling day, to the minute
+        # side requests cost no tokens: a key over its limit still lists models (Codex asks at start-up)
+        assert t.proxy.http.get("/v1/models", headers={"authorization": f"Bearer {t.keys[name]}"}).status_code == 200
     r = t.chat(t.keys["mini"])
     assert r.status_code == 403 and r.json()["error"]["param"] == "model"
     assert t.chat(t.keys["free"]).status_code == 200  # the others go on

@@ -232,6 +232,8 @@ class ClientAuth:
                 return answer(flow, 200, json_body({"key": key.name, "expires": key.expires,
                                                     "models": list(key.models) if key.models is not None else None,
                                                     "usage": keys.usage_of(key.name).snapshot(key.limits, now)}))
+            if not is_model_request(flow):
+                return  # a valid key suffices for side requests (models, plugins, settings): they cost no tokens
             if is_failover_retry(flow, self.pool, now):
                 return  # the request it retries was admitted and checked: a turn is never cut by a limit
             model = None
@@ -287,6 +289,15 @@ class ClientAuth:
         answer_error(flow, status, "invalid_request_error", "invalid_api_key",
                      f"{what}: send 'Authorization: Bearer <your codex-pool key>' (ask the pool's admin for one: "
                      "scripts/keys create NAME)", param=None)
+
+
+MODEL_PATHS = frozenset({"/backend-api/codex/responses", "/backend-api/codex/responses/compact",
+                         "/v1/chat/completions", "/v1/responses"})
+
+
+def is_model_request(flow: http.HTTPFlow) -> bool:
+    """A turn (or the socket its turns will come on): what a key's limits and allowed models apply to."""
+    return paths.bare(flow.request.path) in MODEL_PATHS and (flow.request.method == "POST" or is_upgrade(flow))
 
 
 def is_upgrade(flow: http.HTTPFlow) -> bool:
