@@ -2,6 +2,7 @@
 data_dir, the user's own settings (not their provider) copied, and ~/.codex left untouched."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -12,12 +13,16 @@ from tests.support.proxy_world import ProxyWorld
 pytestmark = [pytest.mark.client, pytest.mark.e2e]
 
 
-def test_scripts_codex_exec_through_the_running_proxy(tmp_path, codex_bin):
+@pytest.mark.parametrize("mode", ["custom", "native"])
+def test_scripts_codex_exec_through_the_running_proxy(tmp_path, codex_bin, mode):
     world = ProxyWorld(tmp_path / "world", "usage_poll_seconds: 0\n")
     try:
         world.fresh(["alice"])
         cfg = world.proxy.config_path
         cfg.write_text(cfg.read_text() + f"listen: 127.0.0.1:{world.proxy.port}\n")  # scripts/codex finds the proxy here
+        if mode == "native":  # the CA where scripts/run keeps it (data_dir/mitmproxy): the native wiring
+            (world.data_dir / "mitmproxy").mkdir(parents=True, exist_ok=True)
+            shutil.copy(world.proxy.workdir / "confdir" / "mitmproxy-ca-cert.pem", world.data_dir / "mitmproxy")
         user = tmp_path / "user"
         codex_home = user / ".codex"
         codex_home.mkdir(parents=True)
@@ -39,6 +44,9 @@ def test_scripts_codex_exec_through_the_running_proxy(tmp_path, codex_bin):
         text = (private / "config.toml").read_text()
         assert 'model_reasoning_effort = "low"' in text and f"127.0.0.1:{world.proxy.port}" in text
         turns = [r for r in world.backend.requests() if r["path"].startswith("/backend-api/codex/responses")]
-        assert turns and "custom wiring through the proxy" in done.stderr  # the CA is not under data_dir here
+        assert turns and f"{mode} wiring through the proxy" in done.stderr
+        if mode == "native":  # over https, turns on a WebSocket
+            assert f"https://127.0.0.1:{world.proxy.port}" in text
+            assert any(r.get("kind") == "ws-upgrade" for r in world.backend.requests())
     finally:
         world.stop()
