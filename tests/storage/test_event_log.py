@@ -2,6 +2,8 @@ import asyncio
 import json
 import os
 
+import pytest
+
 from codex_pool.storage.event_log import EventLog
 from tests.support.tokens import make_jwt
 
@@ -67,7 +69,7 @@ def test_event_times_are_formatted_exactly_as_datetime_does():
         assert _iso(ts) == want, ts
 
 
-def test_a_line_torn_by_a_killed_writer_is_ended_before_new_lines(tmp_path):
+def test_a_line_torn_by_a_killed_writer_is_cut_before_new_lines(tmp_path):
     from codex_pool.storage.event_log import EventLog
 
     path = tmp_path / "events.jsonl"
@@ -77,5 +79,33 @@ def test_a_line_torn_by_a_killed_writer_is_ended_before_new_lines(tmp_path):
     log.put("account.recovered", {"account": "alice"})
     assert log.flush() == 2
     lines = path.read_text().splitlines()
-    assert len(lines) == 4 and lines[1].endswith('"ev')
-    assert [json.loads(line)["event"] for line in lines[2:]] == ["account.cooldown", "account.recovered"]
+    assert [json.loads(line)["event"] for line in lines] == ["a", "account.cooldown", "account.recovered"]
+
+
+@pytest.mark.parametrize("content, kept", [
+    (b'{"ev', b""),                                   # the whole file is one torn line
+    (b"x" * 200_000, b""),                            # longer than one read back
+    (b'{"a":1}\n' + b"y" * 100_000, b'{"a":1}\n'),   # the newline is more than one read back
+    (b'{"a":1}\n', b'{"a":1}\n'),                     # whole: untouched
+    (b"", b""),
+])
+def test_the_torn_tail_is_cut_back_to_the_last_newline(tmp_path, content, kept):
+    from codex_pool.storage.event_log import _cut_torn_tail
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(content)
+    _cut_torn_tail(path)
+    assert path.read_bytes() == kept
+
+
+def test_a_torn_tail_is_cut_before_the_log_is_rotated(tmp_path):
+    from codex_pool.storage.event_log import EventLog
+
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"event":"old"}\n' * 10 + b'{"torn')
+    log = EventLog(path, max_bytes=200)
+    log.put("new", {"pad": "z" * 100})
+    log.flush()
+    rotated = path.with_name("events.jsonl.1").read_bytes()
+    assert rotated == b'{"event":"old"}\n' * 10
+    assert json.loads(path.read_text())["event"] == "new"

@@ -59,15 +59,13 @@ class EventLog:
         data = ("\n".join(lines) + "\n").encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self._checked_tail:  # once per process, before a rotation could move the tear away
+                self._checked_tail = True
+                _cut_torn_tail(self.path)
             self._rotate_if_needed(len(data))
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                if not self._checked_tail:  # a writer killed mid-line left a torn last line: end it first
-                    self._checked_tail = True
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        data = b"\n" + data
-                view = memoryview(data)  # one write(2) per batch in practice: a kill leaves whole lines
+                view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
             finally:
@@ -102,6 +100,34 @@ class EventLog:
                     await asyncio.to_thread(self.flush)
         finally:
             self.flush()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut a last line that a killed writer left unfinished. Linux stops a write(2) to a regular file
+    at a page boundary when SIGKILL arrives (`generic_perform_write` checks `fatal_signal_pending`),
+    so a kill -9 mid-batch can leave half a line. That half is no event; it is removed so every line
+    of the file stays JSON."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        size = end = os.fstat(fd).st_size
+        if not size or os.pread(fd, 1, size - 1) == b"\n":
+            return
+        keep = 0
+        while end > 0:  # back to the last newline, 64 KiB at a time
+            start = max(0, end - (64 << 10))
+            at = os.pread(fd, end - start, start).rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        os.ftruncate(fd, keep)
+        log.warning("codex-pool: the event log %s ended in a line cut short by a killed process; its %d bytes were removed",
+                    path, size - keep)
+    finally:
+        os.close(fd)
 
 
 _last_second: tuple[int, str] = (-1, "")  # the last whole second formatted: events come many per second
