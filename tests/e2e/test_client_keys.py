@@ -195,6 +195,21 @@ def test_websocket_turns_count_against_the_key(team):
     assert len([r for r in t.backend.requests() if r.get("kind") == "ws-msg"]) == 2  # the third never went upstream
 
 
+def test_a_key_over_its_limit_still_opens_a_socket_and_its_turn_gets_the_error_frame(team):
+    """The upgrade is not a turn: a 429 with Retry-After there makes Codex wait that long, silently.
+    The socket opens; its first turn gets the usage-limit error frame, which Codex prints at once."""
+    from tests.support.flows import RESPONSES, turn_body, ws_turns
+    t = team({"ana": {"limits": {"requests_per_minute": 1}}})
+    auth = {"authorization": f"Bearer {t.keys['ana']}"}
+    assert t.proxy.http.post(RESPONSES, json=turn_body("http-first"), headers=auth).status_code == 200
+    over = t.proxy.http.post(RESPONSES, json=turn_body("http-second"), headers=auth)
+    assert over.status_code == 429 and over.headers.get("retry-after")  # over HTTP: the limit, with Retry-After
+    turns = ws_turns(t.proxy, "ws-over", 1, headers=auth)
+    error = turns[0][-1]
+    assert error["type"] == "error" and error["status"] == 429 and error["error"]["code"] == "usage_limit_reached"
+    assert not [r for r in t.backend.requests() if r.get("kind") == "ws-msg"]
+
+
 def test_listening_beyond_loopback_starts_with_keys_and_an_admin_token(tmp_path):
     (tmp_path / "pool").mkdir()
     (tmp_path / "mitm.yaml").write_text("pool_dir: pool\ndata_dir: data\nclient_keys: keys.json\n"

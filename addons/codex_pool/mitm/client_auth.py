@@ -35,7 +35,8 @@ from codex_pool.core.bodies import json_body
 from codex_pool.core import failover
 from codex_pool.core.client_keys import LONGEST_WINDOW, KeysError, bearer, model_of, usage_from_records
 from codex_pool.core.pool import Pool
-from codex_pool.mitm.flows import KEY, answer, answer_error, describe_error, drop_client_credentials
+from codex_pool.mitm.flows import (KEY, answer, answer_error, describe_error, drop_client_credentials,
+                                   is_upgrade)
 from codex_pool.storage.files import mtime_ns
 from codex_pool.storage.keys_file import load_keys
 from codex_pool.storage.ledger_store import LedgerStore
@@ -234,21 +235,26 @@ class ClientAuth:
                                                     "usage": keys.usage_of(key.name).snapshot(key.limits, now)}))
             if not is_model_request(flow):
                 return  # a valid key suffices for side requests (models, plugins, settings): they cost no tokens
+            if is_upgrade(flow):
+                # A socket is not a turn: its turns are checked frame by frame (mitm/websockets.py) and
+                # refused with an error frame, which Codex prints as a usage limit at once. A 429 on the
+                # upgrade with Retry-After would make Codex 0.169.0 wait that long (up to a day) before
+                # retrying, silently (seen with the real binary: tests/client/test_codex_keys.py).
+                return
             if is_failover_retry(flow, self.pool, now):
                 return  # the request it retries was admitted and checked: a turn is never cut by a limit
             model = None
             if key.models is not None:  # the model as the backend will read it, or no model at all
                 decoded = body_decode.decode_body(flow.request.raw_content, flow.request.headers.get("content-encoding"))
                 readable, model = model_of(decoded.data) if decoded.complete else (False, None)
-                if flow.request.method == "POST" and (not readable or model is None):
+                if not readable or model is None:
                     self.pool.metrics.refusal("limit_model")
                     return answer_error(flow, 403, "invalid_request_error", "model_not_allowed",
                                         f"the key {key.name!r} may use only {', '.join(key.models) or 'no model'}; "
                                         "this request names no model codex-pool can read", param="model")
             refusal = keys.refusal(key, model, now)
             if refusal is None:
-                if not is_upgrade(flow):  # a WebSocket's turns are counted one by one (mitm/websockets.py)
-                    keys.admit(key.name, now)
+                keys.admit(key.name, now)
                 return
             self.pool.metrics.refusal(f"limit_{refusal.limit}")
             if refusal.limit == "model":
@@ -299,9 +305,6 @@ def is_model_request(flow: http.HTTPFlow) -> bool:
     """A turn (or the socket its turns will come on): what a key's limits and allowed models apply to."""
     return paths.bare(flow.request.path) in MODEL_PATHS and (flow.request.method == "POST" or is_upgrade(flow))
 
-
-def is_upgrade(flow: http.HTTPFlow) -> bool:
-    return flow.request.headers.get("upgrade", "").lower() == "websocket"
 
 
 def is_failover_retry(flow: http.HTTPFlow, pool: Pool, now: float) -> bool:

@@ -27,6 +27,11 @@ def answer_error(flow: http.HTTPFlow, status: int, type_: str, code: str, messag
            headers={"retry-after": str(retry_after)} if retry_after is not None else None)
 
 
+def is_upgrade(flow: http.HTTPFlow) -> bool:
+    """A WebSocket upgrade (Codex's native wiring opens one for its turns)."""
+    return flow.request.headers.get("upgrade", "").lower() == "websocket"
+
+
 def drop_client_credentials(headers: http.Headers, add: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     """Remove every header a client may carry its identity in, then append `add`: one pass over the
     raw fields and at most one rebuild (mitmproxy's per-name delete rescans every field)."""
