@@ -1,3 +1,5 @@
+import pytest
+
 from codex_pool.core.health import HealthBook, HealthPolicy
 from codex_pool.core.outcome import OK, Verdict
 
@@ -36,6 +38,30 @@ def test_limited_until_reset_or_default():
     assert e.event == "account.limited" and b.peek("a").until == T + 3600
     b.apply("b", Verdict("limited", "usage_limit_reached"), T)
     assert b.peek("b").until == T + 600
+
+
+@pytest.mark.parametrize("state, started, turn, back", [
+    ("limited", T + 5, True, True),     # a turn placed after the limit was served: the limit is gone
+    ("limited", T + 5, False, False),   # a side request (models, plugins) is served by a limited account too
+    ("limited", T - 5, True, False),    # a turn under way before the limit says nothing of after it
+    ("limited", None, True, True),      # no start known: as before
+    ("limited", T, True, True),         # started the moment it went out
+    ("cooling", T + 5, False, True),    # any request placed after a transient failure proves it back
+    ("cooling", T - 5, True, False),    # but not one that started before it
+])
+def test_a_success_brings_an_account_back_only_when_it_proves_it_serves_again(state, started, turn, back):
+    b = book()
+    b.apply("a", LIMIT if state == "limited" else COOL, T)
+    events = b.apply("a", OK, T + 10, started=started, turn=turn)
+    assert (b.peek("a").state == "usable") is back
+    assert [e.event for e in events] == (["account.recovered"] if back else [])
+
+
+def test_a_later_limit_is_not_lifted_by_a_turn_that_started_while_cooling():
+    b = book()
+    b.apply("a", COOL, T)
+    b.apply("a", LIMIT, T + 2)
+    assert b.apply("a", OK, T + 3, started=T + 1) == [] and b.peek("a").state == "limited"
 
 
 def test_cooldown_does_not_shorten_a_limit():

@@ -32,6 +32,7 @@ class Health:
     detail: str | None = None  # the last upstream error text
     failures: int = 0  # consecutive transient failures, for backoff
     out_since: float | None = None  # when the current outage began
+    since: float | None = None  # when the current state was entered (not kept across restarts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,11 +84,23 @@ class HealthBook:
         behind = max(0.0, now - (h.out_since or now))
         return max(ahead, behind)
 
-    def apply(self, name: str, verdict: Verdict, now: float) -> list[HealthEvent]:
-        """Fold one classified outcome into the account's state."""
+    def apply(self, name: str, verdict: Verdict, now: float, *, started: float | None = None,
+              turn: bool = True) -> list[HealthEvent]:
+        """Fold one classified outcome into the account's state. A success brings a cooling or
+        limited account back only when it proves the account serves again: the request `started`
+        after the account went out (one already under way says nothing of what happened since), and
+        for a usage limit it was a `turn` (the backend answers side requests such as the model list
+        from a limited account too)."""
         h = self.get(name)
         if verdict.kind == "ok":
-            events = self._recover(name, h, now, "success") if h.state in (COOLING, LIMITED) else []
+            if h.state in (COOLING, LIMITED):
+                if started is not None and h.since is not None and started < h.since:
+                    return []
+                if h.state == LIMITED and not turn:
+                    return []
+                events = self._recover(name, h, now, "success")
+            else:
+                events = []
             h.failures = 0
             return events
         if verdict.kind in ("neutral", "retry") or h.state == DISABLED:
@@ -96,7 +109,7 @@ class HealthBook:
         if h.out_since is None or h.state == USABLE:
             h.out_since = now
         if verdict.kind == "limited":
-            h.state, h.reason = LIMITED, verdict.reason
+            h.state, h.reason, h.since = LIMITED, verdict.reason, now
             h.until = verdict.until if verdict.until and verdict.until > now else now + self.policy.limit_default
             return [HealthEvent("account.limited", name, {"reason": h.reason, "until": h.until, "detail": h.detail})]
         if verdict.kind == "cooldown":
@@ -106,7 +119,7 @@ class HealthBook:
             until = now + wait
             if h.state == LIMITED and h.until and h.until > until:
                 return []  # already out for longer
-            h.state, h.reason, h.until = COOLING, verdict.reason, until
+            h.state, h.reason, h.until, h.since = COOLING, verdict.reason, until, now
             return [HealthEvent("account.cooldown", name,
                                 {"reason": h.reason, "until": h.until, "seconds": round(wait, 1),
                                  "failures": h.failures, "detail": h.detail})]
@@ -151,7 +164,7 @@ class HealthBook:
     def _recover(self, name: str, h: Health, now: float, why: str) -> list[HealthEvent]:
         was, reason = h.state, h.reason
         out = round(now - h.out_since, 1) if h.out_since else None
-        h.state, h.until, h.reason, h.out_since = USABLE, None, None, None
+        h.state, h.until, h.reason, h.out_since, h.since = USABLE, None, None, None, None
         if why != "success":
             h.failures = 0
         return [HealthEvent("account.recovered", name, {"was": was, "reason": reason, "why": why, "out_seconds": out})]

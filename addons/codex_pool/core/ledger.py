@@ -15,6 +15,7 @@ _MODEL = re.compile(rb'"model"\s*:\s*"([^"\\]{1,100})"')
 
 
 KIND_HEADERS = ("upgrade", "x-codex-turn-metadata")  # what request_kind reads (lower-case names)
+TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})  # the kinds that are model turns
 
 
 def request_kind(method: str, path: str, headers: Mapping[str, str]) -> str:

@@ -20,6 +20,7 @@ from codex_pool.core.config import Config
 from codex_pool.core.exchange import Exchange
 from codex_pool.core.health import HealthEvent, HealthPolicy
 from codex_pool.core.key_book import KeyBook
+from codex_pool.core.ledger import TURN_KINDS
 from codex_pool.core.metrics import PoolMetrics
 from codex_pool.core.outcome import Verdict
 from codex_pool.core.pool_quota import AccountQuota, PoolQuota, pool_quota
@@ -139,16 +140,21 @@ class Pool:
         return quota
 
     def settle(self, exchange: Exchange, verdict: Verdict, now: float, *, answer_sent: bool,
-               transport: str = "http", status: int | None = None, served: bool = True) -> Settlement:
+               transport: str = "http", status: int | None = None, served: bool = True,
+               started: float | None = None) -> Settlement:
         """Fold an upstream outcome into the account's health, then decide what the client gets.
         The one decision path for HTTP answers and WebSocket error frames: chains, `max_attempts`
         and never the same account twice apply to both. `served=False` for an answer that does not
-        yet serve the request (a WebSocket upgrade: its first turn does), so an OK keeps the chain."""
+        yet serve the request (a WebSocket upgrade: its first turn does), so an OK keeps the chain.
+        `started`: when the answered request began (default: when the exchange was routed; a
+        WebSocket turn passes its own start)."""
         account = exchange.account
         exchange.judged = True
         exchange.outcome = verdict.kind if verdict.kind != "neutral" else "ok"
         exchange.outcome_reason = verdict.reason if verdict.kind not in ("ok", "neutral") else None
-        self.note(self.registry.health.apply(account, verdict, now))
+        self.note(self.registry.health.apply(account, verdict, now,
+                                             started=exchange.opened_at if started is None else started,
+                                             turn=served and exchange.kind in TURN_KINDS))
         if verdict.failed and verdict.kind != "retry":
             self.release_fresh_pin(exchange)
         chain = self.chains.get(exchange.chain)

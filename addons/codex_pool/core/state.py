@@ -91,6 +91,7 @@ def restore(doc: dict[str, Any], router: Router, registry: AccountRegistry, now:
         h.detail = saved.get("detail")
         h.failures = int(saved.get("failures") or 0)
         h.out_since = saved.get("out_since")
+        h.since = now  # requests under way before the restart are gone
         counts["health"] += 1
     for name, saved in (doc.get("quota") or {}).items():
         if name in registry.accounts and isinstance(saved, dict):

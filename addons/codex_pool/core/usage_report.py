@@ -15,10 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from codex_pool.core.ledger import TOKEN_FIELDS  # the usage records' token counts
+from codex_pool.core.ledger import TOKEN_FIELDS, TURN_KINDS  # the records' token counts; the kinds that are turns
 
 GROUP_KEYS = ("account", "day", "model", "key")  # key: the client key's name ("(unknown)" without keys)
-TURN_KINDS = frozenset({"sse_turn", "ws_turn", "compaction"})
 NOT_ERRORS = frozenset({"ok", "failed_over", "client_cancelled", "unparsed"})  # unparsed: served, end unreadable
 # side_4xx: a client's side request (Codex's plugins, settings, analytics, ...) answered 4xx by the
 # backend; counted apart so a report shows no errors where nothing failed (a refused turn is an error)

@@ -167,7 +167,7 @@ class WebSocketTurns:
             verdict = await self.tokens.recover_unauthorized(exchange, verdict)
             now = self.pool.now()  # the clock after the wait
         settlement = self.pool.settle(exchange, verdict, now, answer_sent=False, transport="websocket",
-                                      status=frame.get("status"))
+                                      status=frame.get("status"), started=turn.started)
         if settlement.action == failover.PASS:
             return
         if settlement.action == failover.RETRY:
@@ -197,7 +197,7 @@ class WebSocketTurns:
             if not turn.judged:  # e.g. response.failed: health only, the frames already went out
                 turn.judged = True
                 self.pool.settle(exchange, stream_verdict(observer, now, self.pool.latest_limits(exchange.account)), now,
-                                 answer_sent=True, transport="websocket")
+                                 answer_sent=True, transport="websocket", started=turn.started)
         failed = observer.error is not None or observer.failed is not None
         outcome = cut or outcome_label(failed_over=failed and exchange.failover is not None, cancelled=False,
                                        reason=exchange.outcome_reason if failed else None)
