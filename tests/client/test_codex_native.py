@@ -95,3 +95,28 @@ def test_websocket_usage_limit_frame_moves_codex_to_another_account(native):
                      error={"type": "usage_limit_reached", "message": "limit", "resets_in_seconds": 3600})
     done = w.codex("say hi")
     assert w.answer_from("bob") in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+
+@pytest.mark.parametrize("where", ["ws-msg", "ws-upgrade"])
+def test_every_account_limited_over_websocket_prints_the_usage_limit_at_once(native, where):
+    """Every account answers its turn's frame (or its upgrade) with a usage limit: Codex prints it at
+    once (a Retry-After would make it wait until the reset), and again when the pool already knows."""
+    import time
+    w = native
+    for name, hours in (("alice", 5), ("bob", 2)):
+        if where == "ws-msg":
+            w.accounts.fault("ws_error", name, count=-1, status=429, error={
+                "type": "usage_limit_reached", "message": "limit", "resets_in_seconds": hours * 3600})
+        else:
+            w.accounts.fault("usage_limit", name, match="ws-upgrade", count=-1, resets_in_seconds=hours * 3600)
+    started = time.monotonic()
+    done = w.codex("say hi", ok=False)
+    took = time.monotonic() - started
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "usage limit" in out.lower() and "try again at" in out.lower(), out[-2000:] + w.proxy.output()[-6000:]
+    assert took < 60, took
+    asked = len(w.requests())
+    again = w.codex("say hi", ok=False)  # now the pool knows: answered without asking upstream
+    assert again.returncode != 0 and "usage limit" in (again.stdout + again.stderr).lower()
+    assert not [r for r in w.requests()[asked:] if r["kind"] in ("ws-upgrade", "ws-msg") or r["method"] == "POST"]

@@ -17,7 +17,8 @@ from codex_pool.core.exchange import Exchange
 from codex_pool.core.pool import Pool
 from codex_pool.core.redact import fingerprint
 from codex_pool.core.router import AwaitRefresh, NoRoute
-from codex_pool.mitm.flows import KEY, answer_error, describe_error, drop_client_credentials, lower_headers
+from codex_pool.mitm.flows import (KEY, answer_error, describe_error, drop_client_credentials, is_upgrade,
+                                   lower_headers)
 from codex_pool.upstream.tokens import TokenService
 
 log = logging.getLogger("codex_pool")
@@ -94,8 +95,7 @@ class Routing:
                         request.method, path, body.detail)
         client = flow.metadata.get(KEY)  # conversations are scoped by client key: two people's equal ids never share a pin
         hashed = conversation.hash_key(pool.secret, f"{client}\x00{key}" if client else key) if key else None
-        upgrade = headers.get("upgrade", "").lower() == "websocket"
-        return _Wanted(path, headers, marker, hashed, upgrade)
+        return _Wanted(path, headers, marker, hashed, is_upgrade(flow))
 
     def _place(self, flow: http.HTTPFlow, wanted: _Wanted, may_wait: bool) -> Awaitable[None] | None:
         pool, request = self.pool, flow.request
@@ -148,6 +148,15 @@ class Routing:
 
 
 def answer_no_route(flow: http.HTTPFlow, route: NoRoute) -> None:
+    """The honest answer when no account can serve. On a WebSocket upgrade, every account limited
+    becomes 426: Codex 0.169.0 prints a 429 on the upgrade only as "exceeded retry limit, last status:
+    429", without the reset (seen with the real binary), while after a 426 it falls back to HTTPS at
+    once and its POST gets the 429 below, which it prints as the usage limit with its reset time
+    (tests/client/test_codex_native.py)."""
+    if route.status == 429 and is_upgrade(flow):
+        answer_error(flow, 426, "invalid_request_error", "websocket_fallback",
+                     f"{route.message}; send the turn over HTTPS to be told when the pool resets", param=None)
+        return
     answer_error(flow, route.status, route.type, route.code, route.message, retry_after=route.retry_after, **route.extra)
 
 
