@@ -72,3 +72,45 @@ def test_remove_moves_the_file_to_removed(dirs):
     assert not (pool / "alice.json").exists() and moved.parent == pool / ".removed" and moved.exists()
     with pytest.raises(AccountFileError, match="there is no"):
         remove_account(pool, "alice")
+
+
+@pytest.mark.parametrize("change", ["remove", "replace"])
+def test_a_refresh_under_way_finishes_before_its_file_is_moved_or_replaced(dirs, change):
+    """A proxy's refresh holds the file's lock from reading the refresh token to writing the rotated
+    one back. Removing (or replacing) the file waits for it: the moved file holds the newest tokens,
+    and a replacing login never gets the old login's tokens written into it."""
+    import threading
+    from datetime import datetime, timezone
+
+    from codex_pool.storage.files import FileLock
+    from codex_pool.storage.token_file import TokenSet, write_tokens
+    from tests.support.tokens import make_jwt
+
+    pool, home = dirs
+    import_account(pool, "alice", login(home))
+    path = pool / "alice.json"
+    rotated = TokenSet(make_jwt({"sub": "rotated"}), None, "rt-rotated")
+    lock = FileLock(path)
+    lock.acquire(5)  # the refresh has read the refresh token and is asking the token endpoint
+    done: dict = {}
+
+    def change_it():
+        if change == "remove":
+            done["moved"] = remove_account(pool, "alice")
+        else:
+            done["imported"] = import_account(pool, "alice", login(home / "again", "acct-2", "two@example.com"),
+                                              replace=True)
+
+    (home / "again").mkdir()
+    worker = threading.Thread(target=change_it)
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive()  # waiting for the refresh to finish
+    write_tokens(path, rotated, datetime.now(timezone.utc))  # the refresh writes the rotated tokens back
+    lock.release()
+    worker.join(10)
+    if change == "remove":
+        assert json.loads(done["moved"].read_text())["tokens"]["refresh_token"] == "rt-rotated"
+    else:
+        saved = json.loads(path.read_text())
+        assert saved["tokens"]["account_id"] == "acct-2" and saved["tokens"]["refresh_token"] != "rt-rotated"

@@ -6,6 +6,9 @@ scripts/remove-account, `POST /admin/accounts/<name>/remove`).
   A replaced file of another name moves to `.removed/`, so its refresh token is never used again.
 - `remove_account` moves `<name>.json` to `.removed/<name>-<UTC time>.json` (0700 folder; nothing
   is deleted). The folder watcher of a running proxy then drops the account.
+- Each file is changed under its `FileLock`, the lock a proxy's token refresh holds from reading
+  the refresh token to writing the rotated one back: a refresh under way finishes first, so a moved
+  file holds the newest tokens, and a replaced file never gets the old login's tokens written into it.
 
 Blocking file I/O only.
 """
@@ -15,14 +18,17 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from codex_pool.core.auth_file import MAX_AUTH_FILE_BYTES, Account, AuthFileError, parse_auth
-from codex_pool.storage.files import fsync_dir, write_atomic
+from codex_pool.storage.files import FileLock, fsync_dir, write_atomic
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 REMOVED = ".removed"
+LOCK_SECONDS = 60.0  # longer than a token refresh may take (its request's own timeout is 30 s)
 
 
 class AccountFileError(ValueError):
@@ -88,7 +94,8 @@ def import_account(pool_dir: Path, name: str, source: Path, *, replace: bool = F
     replaced = None
     for file in others:  # the same account under another name: out of the pool, its refresh token with it
         replaced = move_to_removed(pool_dir, pool_dir / file)
-    write_atomic(target, data, mode=0o600)
+    with _locked(target):
+        write_atomic(target, data, mode=0o600)
     return Imported(account, target, replaced)
 
 
@@ -101,9 +108,27 @@ def move_to_removed(pool_dir: Path, path: Path) -> Path:
     while dest.exists():
         n += 1
         dest = removed / f"{path.stem}-{stamp}-{n}.json"
-    os.replace(path, dest)
+    with _locked(path):
+        if not path.is_file():
+            raise AccountFileError(f"{path} was moved away meanwhile; `scripts/status` lists the pool's accounts")
+        os.replace(path, dest)
     fsync_dir(pool_dir)
     return dest
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock; one held too long (a refresh stuck) is an AccountFileError saying so."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(LOCK_SECONDS)
+    except TimeoutError:
+        raise AccountFileError(f"{path.name} stayed locked for {LOCK_SECONDS:g} s (a token refresh of it is under "
+                               "way, or stuck); try again in a minute") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def remove_account(pool_dir: Path, name: str) -> Path:
