@@ -237,6 +237,24 @@ def test_websocket_usage_limit_with_nobody_else_is_the_pools_honest_429(shared):
     assert abs(err["error"]["resets_at"] - (time.time() + 3600)) < 15
 
 
+def test_every_account_known_limited_a_websocket_upgrade_gets_426_and_the_https_turn_the_429(shared):
+    """Codex prints a 429 on an upgrade only as "exceeded retry limit"; after a 426 it falls back to
+    HTTPS, where the 429 tells it when the pool resets (tests/client/test_codex_native.py)."""
+    w = shared.fresh(["alice", "bob"])
+    w.fault("usage_limit", "alice", resets_in_seconds=7200)
+    w.fault("usage_limit", "bob", resets_in_seconds=1800)
+    with redirecting_client(w.proxy) as c:  # as Codex follows the 307 from alice to bob
+        assert c.post(RESPONSES, json=turn_body("learn"), headers={"session-id": "learn"}).status_code == 429
+    asked = len(w.backend.requests())
+    upgrade = w.proxy.http.get(RESPONSES, headers={"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13",
+                                                   "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "session-id": "ws"})
+    assert upgrade.status_code == 426 and upgrade.json()["error"]["code"] == "websocket_fallback"
+    assert abs(upgrade.json()["error"]["resets_at"] - (time.time() + 1800)) < 15  # bob's, the earliest
+    over_https = w.proxy.http.post(RESPONSES, json=turn_body("ws"), headers={"session-id": "ws"})
+    assert over_https.status_code == 429 and over_https.json()["error"]["type"] == "usage_limit_reached"
+    assert len(w.backend.requests()) == asked  # both answered by the proxy
+
+
 def test_websocket_401_frame_never_reaches_the_client(shared):
     w = shared.fresh(["alice"])
     w.fault("ws_error", "alice", status=401)

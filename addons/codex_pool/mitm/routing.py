@@ -106,8 +106,8 @@ class Routing:
         if isinstance(route, AwaitRefresh):
             return self._after_refresh(flow, wanted, route)
         if isinstance(route, NoRoute):
-            answer_no_route(flow, route)
-            log.warning("codex-pool: %s %s answered %d: %s", request.method, wanted.path, route.status, route.message)
+            status = answer_no_route(flow, route)
+            log.warning("codex-pool: %s %s answered %d: %s", request.method, wanted.path, status, route.message)
             return None
         account = route.account
         drop_client_credentials(request.headers, add=(
@@ -147,17 +147,18 @@ class Routing:
                      "See the proxy log; if it persists, report it with that log.")
 
 
-def answer_no_route(flow: http.HTTPFlow, route: NoRoute) -> None:
-    """The honest answer when no account can serve. On a WebSocket upgrade, every account limited
-    becomes 426: Codex 0.169.0 prints a 429 on the upgrade only as "exceeded retry limit, last status:
+def answer_no_route(flow: http.HTTPFlow, route: NoRoute) -> int:
+    """The honest answer when no account can serve; returns the status sent. On a WebSocket upgrade,
+    every account limited becomes 426: Codex 0.169.0 prints a 429 on the upgrade only as "exceeded retry limit, last status:
     429", without the reset (seen with the real binary), while after a 426 it falls back to HTTPS at
     once and its POST gets the 429 below, which it prints as the usage limit with its reset time
     (tests/client/test_codex_native.py)."""
     if route.status == 429 and is_upgrade(flow):
         answer_error(flow, 426, "invalid_request_error", "websocket_fallback",
-                     f"{route.message}; send the turn over HTTPS to be told when the pool resets", param=None)
-        return
+                     f"{route.message}; send the turn over HTTPS to be told when the pool resets", **route.extra)
+        return 426
     answer_error(flow, route.status, route.type, route.code, route.message, retry_after=route.retry_after, **route.extra)
+    return route.status
 
 
 def comment(exchange: Exchange) -> str:

@@ -177,8 +177,8 @@ class Verdicts:
             flow.comment += f" · failed over ({settlement.reason} {upstream_status})"
         else:
             no_route = settlement.no_route
-            answer_no_route(flow, no_route)
-            flow.comment += f" · {settlement.reason} {upstream_status} → {no_route.status} {no_route.code}"
+            status = answer_no_route(flow, no_route)
+            flow.comment += f" · {settlement.reason} {upstream_status} → {status} {no_route.code}"
         flow.marked = ":warning:"
 
     def _absorb(self, flow: http.HTTPFlow, exchange: Exchange, tap: SSETap) -> None:
