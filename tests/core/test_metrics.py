@@ -81,6 +81,18 @@ def test_failovers_and_refreshes_are_counted():
     assert get(s, "codex_pool_token_refreshes_total", account="alice", result="refreshed") == 1
 
 
+def test_every_accounts_refresh_results_start_at_zero_so_the_first_failure_is_an_increase():
+    m = PoolMetrics()
+    m.seed_refreshes(["alice"])
+    for result in ("refreshed", "adopted", "failed_transient", "failed_permanent"):
+        assert get(samples(m), "codex_pool_token_refreshes_total", account="alice", result=result) == 0
+    m.refresh("alice", "failed_transient")
+    m.seed_refreshes(["alice", "bob"])  # an account added later; alice's count stays
+    s = samples(m)
+    assert get(s, "codex_pool_token_refreshes_total", account="alice", result="failed_transient") == 1
+    assert get(s, "codex_pool_token_refreshes_total", account="bob", result="failed_permanent") == 0
+
+
 def test_every_family_is_documented_even_before_the_first_request():
     text = PoolMetrics().render().decode()
     for name in ("codex_pool_requests", "codex_pool_tokens", "codex_pool_upstream_ttfb_seconds",

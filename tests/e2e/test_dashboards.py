@@ -345,6 +345,9 @@ def alert_unit_tests() -> dict:
                 series("codex_pool_token_refreshes_total", "0+1x30", account="alice", result="failed_transient"),
                 series("codex_pool_token_refreshes_total", "0+1x30", account="bob", result="failed_transient"),
                 series("codex_pool_token_refreshes_total", "0+1x30", account="bob", result="refreshed"),
+                # carol's first refresh since the proxy started fails once: her series start at 0 (seeded)
+                series("codex_pool_token_refreshes_total", "0 1x20", account="carol", result="failed_transient"),
+                series("codex_pool_token_refreshes_total", "0x20", account="carol", result="refreshed"),
             ],
             "alert_rule_test": [
                 fires("CodexPoolProxyDown", "3m"),  # down for 1 minute: not yet
@@ -356,7 +359,8 @@ def alert_unit_tests() -> dict:
                 fires("CodexPoolFailoverRateHigh", "5m"),
                 fires("CodexPoolFailoverRateHigh", "25m", {"severity": "warning"}),
                 fires("CodexPoolTokenRefreshFailing", "2m"),
-                fires("CodexPoolTokenRefreshFailing", "10m", {"severity": "warning", "account": "alice"}),
+                fires("CodexPoolTokenRefreshFailing", "10m", {"severity": "warning", "account": "alice"},
+                      {"severity": "warning", "account": "carol"}),
             ],
         }],
     }

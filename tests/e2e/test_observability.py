@@ -100,6 +100,9 @@ def test_metrics_match_the_scripted_run(scripted):
     assert value(m, "codex_pool_requests_total", account="alice", kind="sse_turn", status_class="4xx") == 2  # 401 + 429
     assert value(m, "codex_pool_failovers_total", reason="usage_limit_reached") == 1
     assert value(m, "codex_pool_token_refreshes_total", account="alice", result="refreshed") == 1
+    # every account's refresh results are there from 0 (an alert then sees the first failure as an increase)
+    assert {dict(ls)["result"]: v for (n, ls), v in m.items() if n == "codex_pool_token_refreshes_total"
+            and dict(ls)["account"] == "bob"} == dict.fromkeys(("refreshed", "adopted", "failed_transient", "failed_permanent"), 0)
     assert value(m, "codex_pool_account_state", account="alice", state="limited") == 1
     assert value(m, "codex_pool_account_usable", account="alice") == 0
     assert value(m, "codex_pool_account_usable", account="bob") == 1

@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
 from codex_pool.core.health import COOLING, DISABLED, LIMITED, USABLE
+from codex_pool.core.refresh_policy import OUTCOMES as REFRESH_RESULTS
 
 STATES = (USABLE, "refreshing", COOLING, LIMITED, DISABLED, "expired")  # AccountRegistry.state
 TOKEN_TYPES = (("input_tokens", "input"), ("cached_input_tokens", "cached_input"), ("output_tokens", "output"),
@@ -156,6 +157,16 @@ class PoolMetrics:
 
     def refresh(self, account: str, result: str) -> None:
         self.refreshes.inc((account, result))
+
+    def seed_refreshes(self, accounts: Iterable[str]) -> None:
+        """Every result of every pool account's refreshes is shown from 0 (called when accounts are
+        loaded, before any refresh of theirs): a counter series that first appears at 1 shows
+        Prometheus no increase, so an alert on the first failure after a start would never fire."""
+        values = self.refreshes.values
+        for account in accounts:
+            for result in REFRESH_RESULTS:
+                if (account, result) not in values and len(values) < MAX_SERIES:
+                    values[(account, result)] = 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

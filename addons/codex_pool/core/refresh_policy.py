@@ -13,6 +13,9 @@ from typing import Any
 from codex_pool.core.auth_file import Account
 from codex_pool.core.backoff import exponential
 
+# what a refresh can come to (upstream/refresher.py; the metrics' `result` label)
+REFRESHED, ADOPTED, PERMANENT, TRANSIENT = "refreshed", "adopted", "failed_permanent", "failed_transient"
+OUTCOMES = (REFRESHED, ADOPTED, PERMANENT, TRANSIENT)
 STALE_AFTER = 8 * 24 * 3600  # Codex's rule for tokens without `exp`
 PERMANENT_CODES = frozenset(
     {"invalid_grant", "refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated"}

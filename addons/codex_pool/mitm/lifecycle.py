@@ -338,6 +338,7 @@ class Lifecycle:
         registry = self.pool.registry
         now = self.pool.now()
         self.pool.note(registry.apply_scan(scan, now))
+        self.pool.metrics.seed_refreshes(registry.accounts)  # before any refresh of a new account
         for name in scan.removed:
             self.tokens.forget(name)
         if scan.folder_error and scan.changed:

@@ -29,7 +29,8 @@ from codex_pool.storage.token_file import FileLock, TokenFileError, TokenSet, re
 
 log = logging.getLogger("codex_pool")
 
-REFRESHED, ADOPTED, PERMANENT, TRANSIENT = "refreshed", "adopted", "failed_permanent", "failed_transient"
+REFRESHED, ADOPTED, PERMANENT, TRANSIENT = (refresh_policy.REFRESHED, refresh_policy.ADOPTED,
+                                           refresh_policy.PERMANENT, refresh_policy.TRANSIENT)
 
 
 @dataclass(frozen=True)
