@@ -316,3 +316,27 @@ async def test_an_account_that_leaves_the_pool_leaves_no_retry_state(tmp_path):
     tokens.forget("alice")  # what the lifecycle does for every removed pool file
     assert "alice" not in tokens.keeper._retry
     assert tokens.due(NOW + 1) == [("alice", "proactive_expiry")]  # a file put back starts afresh
+
+
+async def test_an_account_removed_during_its_refresh_is_not_counted_or_judged(tmp_path):
+    """`scripts/remove-account` waits for a refresh under way; what that refresh comes to is nothing
+    to the pool any more: no failed-refresh count (the alert would fire for a gone account), no state."""
+    from codex_pool.core.pool import Pool
+    from codex_pool.core.pool_scan import PoolScan
+    from codex_pool.upstream.tokens import TokenService
+
+    a = account(tmp_path, exp=NOW + 60, iat=NOW - 86400)
+    pool = Pool(clock=lambda: NOW)
+    pool.registry.apply_scan(PoolScan(accounts={"alice": a}), NOW)
+
+    class RemovedMeanwhile(TokenServer):
+        async def __call__(self, request):
+            pool.registry.apply_scan(PoolScan(accounts={}), NOW)  # the folder watcher saw the file go
+            return await super().__call__(request)
+
+    tokens = TokenService(pool)
+    tokens.keeper = TokenKeeper(refresher_for(RemovedMeanwhile(status=503)), margin=3600)
+    await tokens.refresh_account("alice", "proactive_expiry")
+    assert "alice" not in pool.registry.accounts
+    assert not [k for k in pool.metrics.refreshes.values if k[0] == "alice"]
+    assert "alice" not in pool.registry.health._health

@@ -131,6 +131,9 @@ class TokenService:
     def _apply(self, before, result: RefreshResult, reason: str) -> None:
         pool, name, now = self.pool, before.name, self.pool.now()
         registry = pool.registry
+        if name not in registry.accounts:  # removed while it refreshed: its file moved, with the newest tokens
+            log.info("codex-pool: %s left the pool during its token refresh (%s); nothing to apply", name, result.outcome)
+            return
         pool.metrics.refresh(name, result.outcome)
         if result.ok and result.account is not None:
             if before.refresh_token and result.account.refresh_token != before.refresh_token:
