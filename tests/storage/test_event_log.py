@@ -88,6 +88,7 @@ def test_a_line_torn_by_a_killed_writer_is_cut_before_new_lines(tmp_path):
     (b'{"a":1}\n' + b"y" * 100_000, b'{"a":1}\n'),   # the newline is more than one read back
     (b'{"a":1}\n', b'{"a":1}\n'),                     # whole: untouched
     (b"", b""),
+    (b'{"a":1}\n{"b":2}', b'{"a":1}\n{"b":2}\n'),  # a whole event that lost only its newline keeps its place
 ])
 def test_the_torn_tail_is_cut_back_to_the_last_newline(tmp_path, content, kept):
     from codex_pool.storage.event_log import _cut_torn_tail

@@ -103,12 +103,13 @@ class EventLog:
 
 
 def _cut_torn_tail(path: Path) -> None:
-    """Cut a last line that a killed writer left unfinished. Linux stops a write(2) to a regular file
-    at a page boundary when SIGKILL arrives (`generic_perform_write` checks `fatal_signal_pending`),
-    so a kill -9 mid-batch can leave half a line. That half is no event; it is removed so every line
-    of the file stays JSON."""
+    """Mend a last line that a killed writer left unfinished. Linux stops a write(2) to a regular
+    file at a page boundary when SIGKILL arrives (`generic_perform_write` checks
+    `fatal_signal_pending`), so a kill -9 mid-batch can leave half a line: that half is no event and
+    is cut, so every line of the file stays JSON. A whole event that lost only its newline (the
+    boundary fell just before it) keeps its place and gets the newline."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
     except FileNotFoundError:
         return
     try:
@@ -123,6 +124,14 @@ def _cut_torn_tail(path: Path) -> None:
                 keep = start + at + 1
                 break
             end = start
+        try:
+            json.loads(os.pread(fd, size - keep, keep))
+            whole = True
+        except ValueError:
+            whole = False
+        if whole:
+            os.write(fd, b"\n")
+            return
         os.ftruncate(fd, keep)
         log.warning("codex-pool: the event log %s ended in a line cut short by a killed process; its %d bytes were removed",
                     path, size - keep)

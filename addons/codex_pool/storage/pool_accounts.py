@@ -102,15 +102,15 @@ def import_account(pool_dir: Path, name: str, source: Path, *, replace: bool = F
 def move_to_removed(pool_dir: Path, path: Path) -> Path:
     removed = pool_dir / REMOVED
     removed.mkdir(mode=0o700, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = removed / f"{path.stem}-{stamp}.json"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = removed / f"{path.stem}-{stamp}-{n}.json"
-    with _locked(path):
+    with _locked(path):  # a refresh under way writes its rotated token first
         if not path.is_file():
             raise AccountFileError(f"{path} was moved away meanwhile; `scripts/status` lists the pool's accounts")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())  # named after the wait: nothing is overwritten
+        dest = removed / f"{path.stem}-{stamp}.json"
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = removed / f"{path.stem}-{stamp}-{n}.json"
         os.replace(path, dest)
     fsync_dir(pool_dir)
     return dest
