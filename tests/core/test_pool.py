@@ -185,3 +185,31 @@ def test_a_websocket_that_served_turns_keeps_its_conversation_through_an_error()
     assert not ws.placed_fresh()
     s = pool.settle(ws, LIMITED, NOW, answer_sent=False, transport="websocket")
     assert not s.chain.fresh and pool.router.sticky.get("conv", NOW) == ws.account
+
+
+@pytest.mark.parametrize("kind, served, started, back", [
+    ("sse_turn", True, NOW + 5, True),    # a turn placed after the limit: served, so the limit is gone
+    ("other", True, NOW + 5, False),      # a side request (plugins, settings) is answered by a limited account too
+    ("models", True, NOW + 5, False),
+    ("ws_turn", False, NOW + 5, False),   # a WebSocket upgrade's 101 is not a turn
+    ("ws_turn", True, NOW + 5, True),     # a turn on the socket is
+    ("sse_turn", True, NOW - 5, False),   # a turn under way before the limit says nothing of after it
+])
+def test_only_a_turn_placed_after_a_usage_limit_lifts_it(kind, served, started, back):
+    pool = make_pool("a")
+    ex = pool.open_exchange("f", pool.router.route(None, NOW), None, kind, "fp", upgrade=not served)
+    ex.opened_at = started  # when it was routed
+    pool.registry.health.apply("a", LIMITED, NOW)
+    pool.settle(ex, OK, NOW + 10, answer_sent=False, served=served)
+    assert (pool.registry.health.peek("a").state == "usable") is back
+
+
+def test_a_websocket_turn_is_judged_by_its_own_start_not_the_sockets():
+    pool = make_pool("a")
+    ex = pool.open_exchange("ws", pool.router.route("conv", NOW), None, "ws_turn", "fp", upgrade=True)
+    ex.opened_at = NOW - 60  # the socket opened a minute before the limit
+    pool.registry.health.apply("a", LIMITED, NOW)
+    pool.settle(ex, OK, NOW + 10, answer_sent=True, transport="websocket", started=NOW - 30)
+    assert pool.registry.health.peek("a").state == "limited"  # that turn began before the limit
+    pool.settle(ex, OK, NOW + 20, answer_sent=True, transport="websocket", started=NOW + 15)
+    assert pool.registry.health.peek("a").state == "usable"

@@ -45,6 +45,7 @@ def test_round_trip_restores_stickiness_health_pin_and_quota():
     assert router.sticky.get("conv-1", NOW + 1) == "a" and router.sticky.get("conv-2", NOW + 1) == "b"
     assert reg.health.peek("b").state == "limited" and reg.health.peek("b").until == NOW + 7200
     assert reg.health.peek("c").state == "disabled" and router.pinned == "a"
+    assert reg.health.peek("b").since == NOW + 1  # requests under way before the restart are gone with it
     assert reg.runtime["a"].quota.latest.primary.used_percent == 42.0
 
 
