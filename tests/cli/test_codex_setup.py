@@ -28,6 +28,25 @@ def test_patch_replaces_our_keys_and_keeps_everything_else():
     assert again == patch_config(existing, "custom", PROXY)  # idempotent
 
 
+@pytest.mark.parametrize("mode", ["custom", "native"])
+@pytest.mark.parametrize("existing", ["", 'model = "m"\n', 'model = "m"\n[features]\nfoo = true\napps = true\n\n[profiles.x]\nmodel = "y"\n'])
+def test_a_key_turns_codex_apps_off_and_without_one_our_line_goes_again(mode, existing):
+    """Codex sends no key to its ChatGPT apps server: keyed, the TUI would warn on every start."""
+    keyed = patch_config(existing, mode, PROXY, keyed=True)
+    doc = tomllib.loads(keyed)
+    assert doc["features"]["apps"] is False
+    if "foo" in existing:
+        assert doc["features"]["foo"] is True and doc["profiles"] == {"x": {"model": "y"}}
+    assert patch_config(keyed, mode, PROXY, keyed=True) == keyed  # idempotent
+    unkeyed = tomllib.loads(patch_config(keyed, mode, PROXY))
+    assert "apps" not in unkeyed.get("features", {})  # ours removed; the user's own apps line was replaced when keyed
+
+
+def test_without_a_key_the_users_own_apps_setting_is_kept():
+    text = patch_config('[features]\napps = true\n', "custom", PROXY)
+    assert tomllib.loads(text)["features"]["apps"] is True
+
+
 def test_existing_home_needs_yes_and_keeps_a_backup_and_the_users_auth(tmp_path, capsys):
     home = tmp_path / "home"
     home.mkdir()

@@ -36,6 +36,10 @@ def test_codex_with_a_key_in_both_wirings(codex_world, mode):
     assert "Answer from fake account" in done.stdout
     seen = w.backend.requests()
     assert w.turns() and keys["ana"] not in json.dumps(seen)
+    # Codex's ChatGPT apps are off with a key (it sends no key there, so the TUI warned on every start)
+    assert "codex_apps" not in done.stderr and "403" not in done.stderr, done.stderr[-2000:]
+    metrics = w.proxy.http.get("/metrics").text
+    assert 'codex_pool_client_refusals_total{reason="missing"}' not in metrics, metrics  # nothing came without the key
     if mode == "native":
         assert any(r["kind"] == "ws-upgrade" for r in seen)  # the WebSocket came with the key too
     rows = wait_for(lambda: [r for r in w.proxy.http.get("/admin/usage", params={"group": "key"}).json()["rows"]

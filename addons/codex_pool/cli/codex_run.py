@@ -47,7 +47,7 @@ def prepare(config, user_home: Path, key: str | None) -> tuple[Path, dict[str, s
     origin = proxy_origin(config.listen, native)
     user_config = user_home / "config.toml"
     existing = user_config.read_text() if user_config.is_file() else ""
-    (home / "config.toml").write_text(patch_config(existing, mode, origin))
+    (home / "config.toml").write_text(patch_config(existing, mode, origin, keyed=key is not None))
     auth = home / "auth.json"
     if not auth.exists() or (is_placeholder(auth) and key):
         write_placeholder_auth(auth, time.time(), replace=auth.exists(), key=key)

@@ -52,12 +52,22 @@ def provider_table(proxy: str) -> str:
     )
 
 
-def patch_config(existing: str, mode: str, proxy: str) -> str:
-    """The config.toml text with our settings in place; everything else kept."""
+# With a client key, Codex's ChatGPT apps (its `codex_apps` MCP server) are turned off: Codex sends
+# no credentials there when its base URL is not chatgpt.com, so a keyed pool refuses it and the TUI
+# shows "MCP client for `codex_apps` failed to start" on every start; and the apps (connectors) a
+# pool account has are its owner's, not the key holders'. `codex features list` names the flag.
+APPS_OFF = "apps = false  # codex-pool: a shared pool's ChatGPT apps are its accounts' owners' (scripts/codex-setup --key)"
+
+
+def patch_config(existing: str, mode: str, proxy: str, keyed: bool = False) -> str:
+    """The config.toml text with our settings in place; everything else kept. `keyed` (a shared
+    pool with client keys) also turns Codex's ChatGPT apps off (APPS_OFF); without it, only our
+    own such line is taken out again."""
     lines = existing.splitlines()
     out: list[str] = []
     section: str | None = None
     skipping = False
+    features_at: int | None = None  # where the user's [features] table starts in `out`
     for line in lines:
         header = re.match(r"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
         if header:
@@ -65,12 +75,18 @@ def patch_config(existing: str, mode: str, proxy: str) -> str:
             skipping = section == f"model_providers.{PROVIDER}" or section == f'model_providers."{PROVIDER}"'
             if skipping:
                 continue
+            if section == "features":
+                features_at = len(out)
         if skipping:
             continue
         if section is None and (re.match(rf"^\s*({'|'.join(TOP_KEYS)})\s*=", line)
                                 or line.startswith("# codex-pool (scripts/codex-setup")):
             continue  # replaced below
+        if section == "features" and re.match(r"^\s*apps\s*=", line) and (keyed or line.strip() == APPS_OFF):
+            continue  # ours, put back below when keyed
         out.append(line)
+    if keyed and features_at is not None:
+        out.insert(features_at + 1, APPS_OFF)
     while out and not out[-1].strip():
         out.pop()
     while out and not out[0].strip():
@@ -80,6 +96,8 @@ def patch_config(existing: str, mode: str, proxy: str) -> str:
     rest = "\n".join(out)
     if rest.strip():
         text += "\n" + rest + "\n"
+    if keyed and features_at is None:
+        text += "\n[features]\n" + APPS_OFF + "\n"
     if mode == "custom":
         text += "\n" + provider_table(proxy)
     tomllib.loads(text)  # never write a file Codex can't read
@@ -112,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     config_toml = home / "config.toml"
     existing = config_toml.read_text() if config_toml.exists() else ""
     try:
-        wanted = patch_config(existing, args.mode, proxy)
+        wanted = patch_config(existing, args.mode, proxy, keyed=args.key is not None)
     except tomllib.TOMLDecodeError as e:
         print(f"scripts/codex-setup: {config_toml} is not valid TOML ({e}); fix it first", file=sys.stderr)
         return 2
