@@ -302,9 +302,8 @@ MODEL_PATHS = frozenset({"/backend-api/codex/responses", "/backend-api/codex/res
 
 
 def is_model_request(flow: http.HTTPFlow) -> bool:
-    """A turn (or the socket its turns will come on): what a key's limits and allowed models apply to."""
+    """A turn, or the socket its turns come on (those are checked frame by frame: mitm/websockets.py)."""
     return paths.bare(flow.request.path) in MODEL_PATHS and (flow.request.method == "POST" or is_upgrade(flow))
-
 
 
 def is_failover_retry(flow: http.HTTPFlow, pool: Pool, now: float) -> bool:

@@ -149,10 +149,10 @@ class Routing:
 
 def answer_no_route(flow: http.HTTPFlow, route: NoRoute) -> int:
     """The honest answer when no account can serve; returns the status sent. On a WebSocket upgrade,
-    every account limited becomes 426: Codex 0.169.0 prints a 429 on the upgrade only as "exceeded retry limit, last status:
-    429", without the reset (seen with the real binary), while after a 426 it falls back to HTTPS at
-    once and its POST gets the 429 below, which it prints as the usage limit with its reset time
-    (tests/client/test_codex_native.py)."""
+    every account limited becomes 426: Codex 0.169.0 prints a 429 on the upgrade only as "exceeded
+    retry limit, last status: 429", without the reset (seen with the real binary), while after a 426
+    it falls back to HTTPS at once and its POST gets the 429 below, which it prints as the usage
+    limit with its reset time (tests/client/test_codex_native.py)."""
     if route.status == 429 and is_upgrade(flow):
         answer_error(flow, 426, "invalid_request_error", "websocket_fallback",
                      f"{route.message}; send the turn over HTTPS to be told when the pool resets", **route.extra)
